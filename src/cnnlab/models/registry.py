@@ -1,0 +1,157 @@
+"""One registry, one way to build.
+
+Every architecture registers a builder function with :func:`register_model`; the function's name is the
+model's name. Everything else — listing, building, cards, the test suite's parametrisation — asks this
+registry, so a model added is a model listed, inspected and tested.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+
+__all__ = ["Paper", "Figure", "ModelCard", "register_model", "list_models", "create_model", "model_card"]
+
+
+@dataclass(frozen=True)
+class Paper:
+    title: str
+    authors: str
+    year: int
+    url: str
+
+    @property
+    def short(self) -> str:
+        first = self.authors.split(",")[0].split(" and ")[0].strip()
+        surname = first.split()[-1]
+        more = " et al." if ("," in self.authors or " and " in self.authors) else ""
+        return f"{surname}{more} {self.year}"
+
+
+# What a figure measures; the fidelity report and cards print these words.
+METRICS = {
+    "params": "parameters",
+    "macs": "multiply-adds",
+    "neurons": "neurons (conv and FC outputs)",
+    "top1_err": "top-1 error %",
+    "top5_err": "top-5 error %",
+    "top1_acc": "top-1 accuracy %",
+    "top5_acc": "top-5 accuracy %",
+    "test_err": "test error %",
+}
+# Figures cnnlab can compute from the architecture alone; the others need trained weights.
+COMPUTABLE = ("params", "macs", "neurons")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A number published for an architecture, with where it was published.
+
+    ``precision`` is how the source rounds it (1e6 for "133M"): our value agrees when it rounds to the
+    same number. ``options`` are the ``create_model`` options of the variant the figure is for.
+    """
+
+    metric: str
+    value: float
+    source: str
+    precision: float = 1.0
+    note: str = ""
+    options: dict = field(default_factory=dict, compare=False)  # create_model options it refers to
+
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(METRICS)}")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    paper: Paper
+    input_size: tuple[int, int, int]
+    num_classes: int
+    summary: str
+    figures: tuple[Figure, ...] = ()
+    family: str = ""
+
+    def figure(self, metric: str) -> Figure | None:
+        return next((f for f in self.figures if f.metric == metric), None)
+
+
+@dataclass
+class _Entry:
+    builder: Callable[..., nn.Module]
+    card: ModelCard = field(repr=False)
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(*, paper: Paper, input_size: tuple[int, int, int], summary: str,
+                   num_classes: int = 1000, figures: tuple[Figure, ...] = ()):
+    """Register ``fn(num_classes, in_chans, **options) -> nn.Module`` under ``fn.__name__``."""
+
+    def decorate(fn):
+        name = fn.__name__
+        if name in _REGISTRY:
+            raise RuntimeError(f"model {name!r} registered twice")
+        family = fn.__module__.rsplit(".", 1)[-1]
+        card = ModelCard(name=name, paper=paper, input_size=tuple(input_size), num_classes=num_classes,
+                         summary=summary, figures=tuple(figures), family=family)
+        _REGISTRY[name] = _Entry(fn, card)
+        return fn
+
+    return decorate
+
+
+def _lookup(name: str) -> _Entry:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise CnnlabError(f"unknown model {name!r}; {hint}`cnnlab models` lists them all") from None
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, sorted; ``pattern`` is a shell-style wildcard (``"vgg*"``) or a substring."""
+    _ensure_loaded()
+    names = sorted(_REGISTRY)
+    if pattern:
+        wild = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+        names = [n for n in names if fnmatch.fnmatchcase(n, wild)]
+    return names
+
+
+def model_card(name: str) -> ModelCard:
+    return _lookup(name).card
+
+
+def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None, **kwargs) -> nn.Module:
+    """Build a registered model. ``None`` means the card's default (its paper's classes and channels)."""
+    entry = _lookup(name)
+    card = entry.card
+    num_classes = card.num_classes if num_classes is None else num_classes
+    in_chans = card.input_size[0] if in_chans is None else in_chans
+    for what, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CnnlabError(f"{what} must be a positive whole number, got {value!r}")
+    params = inspect.signature(entry.builder).parameters
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        options = [p for p in params if p not in ("num_classes", "in_chans")]
+        accepted = ", ".join(options) if options else "no other options"
+        raise CnnlabError(f"model {name!r} has no option {unknown[0]!r}; it accepts: {accepted}")
+    return entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def _ensure_loaded() -> None:
+    # Importing the families runs their @register_model decorators.
+    import cnnlab.models  # noqa: F401
