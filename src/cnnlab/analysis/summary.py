@@ -311,12 +311,12 @@ class _Recorder(TorchDispatchMode):
                     self.rf[t] = RF.union(fields)
         shapes = [list(t.shape[1:]) for t in outs]
         row.output_shape = shapes[0] if len(shapes) == 1 else shapes
-        row.activation_elements = sum(t[0].numel() for t in outs)
-        row.activation_bytes = sum(t[0].numel() * t.element_size() for t in outs)
+        row.activation_elements = sum(t.numel() for t in outs)  # the batch is one image
+        row.activation_bytes = sum(t.numel() * t.element_size() for t in outs)
         if row.is_leaf:  # a leaf's memory is its output, unless that reuses the input's memory
             new = [t for t in outs if not any(t is i for i in ins) and self.fresh.get(t, True)]
-            row.new_elements = sum(t[0].numel() for t in new)
-            row.new_bytes = sum(t[0].numel() * t.element_size() for t in new)
+            row.new_elements = sum(t.numel() for t in new)
+            row.new_bytes = sum(t.numel() * t.element_size() for t in new)
         if outs and outs[0] in self.rf:
             row.rf = self.rf[outs[0]]
 
@@ -336,9 +336,10 @@ class _Recorder(TorchDispatchMode):
             packet = func._overloadpacket
             if packet in flop_registry:
                 row.own_macs += flop_registry[packet](*args, **kwargs, out_val=out) // 2
-            if not aliasing:  # kept for containers: functional ops written in their forward
-                row.new_elements += sum(t[0].numel() for t in outs if t.dim() > 0)
-                row.new_bytes += sum(t[0].numel() * t.element_size() for t in outs if t.dim() > 0)
+            if not aliasing and outs:  # kept for containers: functional ops written in their forward
+                # The first output is the result; others are bookkeeping (pooling indices, BN statistics).
+                row.new_elements += outs[0].numel()
+                row.new_bytes += outs[0].numel() * outs[0].element_size()
         if not self.suppress:
             self._propagate(func, args, kwargs, outs)
         return out
