@@ -270,6 +270,7 @@ class _Recorder(TorchDispatchMode):
         self.fresh = WeakIdKeyDictionary()  # tensor -> produced by a non-aliasing operation
         self.suppress = 0
         self.untracked: dict[str, None] = {}
+        self.last_spatial: tuple[RF, str | None] | None = None
         self.handles: list = []
 
     # -- module hooks ----------------------------------------------------------------------------------
@@ -309,6 +310,8 @@ class _Recorder(TorchDispatchMode):
             for t in outs:
                 if fields:
                     self.rf[t] = RF.union(fields)
+                    if self.rf[t].spatial:
+                        self.last_spatial = (self.rf[t], row.name)
         shapes = [list(t.shape[1:]) for t in outs]
         row.output_shape = shapes[0] if len(shapes) == 1 else shapes
         row.activation_elements = sum(t.numel() for t in outs)  # the batch is one image
@@ -381,6 +384,8 @@ class _Recorder(TorchDispatchMode):
         if result is not None:
             for t in outs:
                 self.rf[t] = result
+            if result.spatial:  # the deepest spatial field so far, and the module that produced it
+                self.last_spatial = (result, self.rows[self.stack[-1]].name if self.stack else None)
 
     @staticmethod
     def _adaptive(src: RF, in_size, out_size) -> RF:
@@ -486,7 +491,7 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
         if row.parent is not None:
             rows[row.parent].macs += row.macs
     params = list(module.parameters())
-    rf_row = next((r for r in reversed(rows) if r.rf is not None and r.rf.spatial), None)
+    rf, rf_layer = rec.last_spatial or (None, None)
     return Summary(
         model=name, input_size=input_size, rows=rows,
         total_params=sum(p.numel() for p in params),
@@ -496,8 +501,8 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
         activation_elements=sum(r.new_elements for r in rows),
         activation_bytes=sum(r.new_bytes for r in rows),
         input_elements=x.numel(),
-        receptive_field=rf_row.rf if rf_row else None,
-        receptive_field_layer=rf_row.name if rf_row else None,
+        receptive_field=rf,
+        receptive_field_layer=rf_layer,
         untracked_ops=list(rec.untracked),
         depth=depth,
     )

@@ -1,0 +1,96 @@
+"""The command line: output, exit codes, and one-sentence errors without tracebacks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnnlab.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_summary_vgg16_is_the_main_job(capsys):
+    code, out, err = run(capsys, "summary", "vgg16")
+    assert code == 0 and err == ""
+    assert "features.0" in out and "138,357,544" in out and "15,470,264,320" in out
+
+
+def test_summary_formats(capsys):
+    code, out, _ = run(capsys, "summary", "lenet5", "--format", "json")
+    d = json.loads(out)
+    assert code == 0 and d["total_params"] == 60_000 and d["input_size"] == [1, 32, 32]
+    code, out, _ = run(capsys, "summary", "vgg16", "--input", "3x32x32", "--depth", "1", "--format", "csv")
+    assert code == 0 and out.splitlines()[1].startswith("features,Sequential,512x1x1")
+    code, out, _ = run(capsys, "summary", "alexnet", "--num-classes", "10", "--format", "md")
+    assert code == 0 and "| classifier.6 | Linear | 10 |" in out
+
+
+def test_models_lists_params_input_and_year(capsys):
+    code, out, _ = run(capsys, "models", "lenet*")
+    assert code == 0
+    assert out.splitlines()[1].split()[:4] == ["lenet5", "60,000", "1x32x32", "1998"]
+    assert out.splitlines()[2].split()[:2] == ["lenet5_modern", "61,706"]
+
+
+def test_card(capsys):
+    code, out, _ = run(capsys, "card", "vgg16")
+    assert code == 0 and "Simonyan" in out and "arxiv.org/abs/1409.1556" in out and "138,000,000" in out
+
+
+def test_calc_commands(capsys):
+    code, out, _ = run(capsys, "calc", "conv", "--input", "227x227x3", "--filters", "96", "--kernel", "11",
+                       "--stride", "4")
+    assert code == 0 and "55x55x96" in out and "34,944" in out
+    code, out, _ = run(capsys, "calc", "pool", "--input", "55x55x96", "--kernel", "3", "--stride", "2",
+                       "--format", "json")
+    assert code == 0 and json.loads(out)["output"] == [27, 27, 96]
+    code, out, _ = run(capsys, "calc", "rf", "conv3*3")
+    assert code == 0 and "receptive field: 7x7" in out
+
+
+def test_fidelity_command(capsys):
+    code, out, _ = run(capsys, "fidelity", "vgg16")
+    assert code == 0 and "Table 2: configuration D" in out and "agrees" in out
+    code, out, _ = run(capsys, "fidelity", "lenet5", "--format", "json")
+    assert code == 0 and json.loads(out)[0]["ours"] == 60_000
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["summary", "vgg61"], "unknown model 'vgg61'; did you mean vgg19, vgg16"),
+    (["summary", "vgg16", "--input", "224x224"], "needs three numbers"),
+    (["summary", "vgg16", "--input", "3x-1x224"], "has a size below 1"),
+    (["summary", "vgg16", "--input", "3xbigx224"], "not of the form CxHxW"),
+    (["summary", "lenet5", "--input", "1x3x3"], "cannot run on a 1x3x3 input"),
+    (["summary", "vgg16", "--depth", "0"], "must be 1 or more"),
+    (["summary", "vgg16", "--frobnicate"], "unrecognized arguments"),
+    (["calc", "conv", "--input", "5x5x3", "--filters", "2", "--kernel", "9"], "output would be empty"),
+    (["calc", "conv", "--input", "5x5x0", "--filters", "2", "--kernel", "3"], "must be positive"),
+    (["calc", "conv", "--input", "5x5x3", "--filters", "-2", "--kernel", "3"], "must be 1 or more"),
+    (["calc", "rf", "banana"], "not understood"),
+    (["calc"], "say what to calculate"),
+    (["fidelity", "nin"], "no published figures"),
+    (["models", "zzz"], "no model matches"),
+])
+def test_user_mistakes_exit_2_with_one_sentence(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_python_dash_m_behaves_like_the_console_script():
+    env = dict(os.environ)
+    a = subprocess.run([sys.executable, "-m", "cnnlab", "calc", "rf", "conv3*3"], capture_output=True, text=True,
+                       env=env)
+    script = os.path.join(os.path.dirname(sys.executable), "cnnlab")
+    b = subprocess.run([script, "calc", "rf", "conv3*3"], capture_output=True, text=True, env=env)
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
+    bad = subprocess.run([sys.executable, "-m", "cnnlab", "summary", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "unknown model 'nope'" in bad.stderr

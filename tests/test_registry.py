@@ -1,0 +1,89 @@
+import inspect
+
+import pytest
+import torch
+
+import cnnlab
+from cnnlab import CnnlabError, create_model, list_models, model_card
+from cnnlab.models.registry import METRICS
+
+EXPECTED = {
+    "lenet5", "lenet5_modern", "alexnet", "alexnet_paper", "zfnet", "vgg11", "vgg13", "vgg16", "vgg19",
+    "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "vgg11_lrn", "vgg16_c", "vgg_cifar", "nin", "nin_cifar",
+}
+
+
+def test_every_model_of_the_issue_is_registered():
+    assert EXPECTED <= set(list_models())
+
+
+def test_list_models_filters_by_wildcard_and_substring():
+    assert list_models("vgg1[13]") == ["vgg11", "vgg13"]
+    assert set(list_models("lenet")) == {"lenet5", "lenet5_modern"}
+    assert list_models("no-such-thing") == []
+
+
+def test_unknown_model_suggests_the_closest_names():
+    with pytest.raises(CnnlabError) as e:
+        create_model("vgg61")
+    assert "unknown model 'vgg61'" in str(e.value) and "vgg16" in str(e.value)
+    with pytest.raises(CnnlabError, match="did you mean alexnet"):
+        model_card("alexnt")
+
+
+def test_unknown_option_is_a_clear_error():
+    with pytest.raises(CnnlabError, match="no option 'depth'.*towers"):
+        create_model("alexnet_paper", depth=3)
+    with pytest.raises(CnnlabError, match="num_classes must be a positive"):
+        create_model("lenet5", num_classes=0)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_card_is_complete(name):
+    card = model_card(name)
+    assert card.paper.title and card.paper.authors and card.paper.url.startswith("https://")
+    assert 1989 <= card.paper.year <= 2026
+    assert len(card.input_size) == 3 and card.num_classes >= 2
+    for f in card.figures:
+        assert f.metric in METRICS and f.source and f.precision > 0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_module_docstring_cites_the_paper_and_states_departures(name):
+    module = inspect.getmodule(create_model.__globals__["_REGISTRY"][name].builder)
+    doc = module.__doc__ or ""
+    assert str(model_card(name).paper.year) in doc or model_card(name).paper.authors.split()[1] in doc
+    assert "depart" in doc.lower()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_num_classes_and_in_chans_are_honoured(name):
+    card = model_card(name)
+    _, h, w = card.input_size
+    with torch.device("meta"):
+        model = create_model(name, num_classes=7, in_chans=2).eval()
+        out = model(torch.zeros(1, 2, h, w))
+    assert tuple(out.shape) == (1, 7)
+
+
+TORCHVISION_WEIGHTS = {
+    "alexnet": "AlexNet_Weights", "vgg11": "VGG11_Weights", "vgg11_bn": "VGG11_BN_Weights",
+    "vgg13": "VGG13_Weights", "vgg13_bn": "VGG13_BN_Weights", "vgg16": "VGG16_Weights",
+    "vgg16_bn": "VGG16_BN_Weights", "vgg19": "VGG19_Weights", "vgg19_bn": "VGG19_BN_Weights",
+}
+
+
+@pytest.mark.parametrize("name,weights", TORCHVISION_WEIGHTS.items())
+def test_card_figures_match_torchvision_metadata(name, weights):
+    import torchvision.models as tvm
+
+    meta = getattr(tvm, weights).IMAGENET1K_V1.meta
+    figs = {f.metric: f.value for f in model_card(name).figures if f.source.startswith("torchvision")}
+    assert figs["params"] == meta["num_params"]
+    assert figs["macs"] == pytest.approx(meta["_ops"] * 1e9)
+    assert figs["top1_acc"] == meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    assert figs["top5_acc"] == meta["_metrics"]["ImageNet-1K"]["acc@5"]
+
+
+def test_public_api():
+    assert callable(cnnlab.summary) and cnnlab.__version__

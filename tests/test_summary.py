@@ -1,0 +1,228 @@
+"""The inspector against the lecture's VGG-16 table, analytic formulas, and the gradient's own answer."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab import CnnlabError, create_model, list_models, summary
+from cnnlab.analysis.receptive_field import stack_rf
+
+
+def test_vgg16_rows_match_the_lecture_table():
+    s = summary("vgg16")
+    conv1 = s.row("features.0")
+    assert conv1.output_shape == [64, 224, 224]
+    assert conv1.activation_elements == 3_211_264  # "224x224x64 = 3.2M"
+    assert (conv1.weights, conv1.biases) == (1_728, 64)  # "(3*3*3)*64 = 1,728"
+    conv2 = s.row("features.2")
+    assert (conv2.weights, conv2.activation_elements) == (36_864, 3_211_264)  # (3*3*64)*64
+    pool1 = s.row("features.4")
+    assert pool1.output_shape == [64, 112, 112] and pool1.params == 0
+    last_conv = s.row("features.28")
+    assert last_conv.output_shape == [512, 14, 14] and last_conv.weights == 2_359_296  # (3*3*512)*512
+    fc6, fc7, fc8 = s.row("classifier.0"), s.row("classifier.3"), s.row("classifier.6")
+    assert (fc6.weights, fc6.activation_elements) == (102_760_448, 4096)  # 7*7*512*4096
+    assert (fc7.weights, fc8.weights) == (16_777_216, 4_096_000)
+    assert s.total_params == 138_357_544
+
+
+def test_vgg16_totals():
+    s = summary("vgg16")
+    # the sum of the lecture's per-layer outputs (convs, pools, FCs) plus the adaptive pool's 7x7x512
+    lecture = (2 * 224 * 224 * 64 + 112 * 112 * 64 + 2 * 112 * 112 * 128 + 56 * 56 * 128 + 3 * 56 * 56 * 256
+               + 28 * 28 * 256 + 3 * 28 * 28 * 512 + 14 * 14 * 512 + 3 * 14 * 14 * 512 + 7 * 7 * 512
+               + 4096 + 4096 + 1000)
+    assert s.activation_elements == lecture + 7 * 7 * 512  # in-place ReLU and eval dropout add nothing
+    assert s.activation_bytes == 4 * s.activation_elements
+    assert s.param_bytes == 4 * 138_357_544
+    assert s.flops == 2 * s.total_macs
+    assert s.training_bytes(8) == 3 * s.param_bytes + 16 * s.activation_bytes
+
+
+def analytic_macs(model, input_size):
+    """Independent count: for every conv and linear layer, weights per output x outputs, from hooks."""
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out[0].numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += m.in_features * m.out_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *input_size))
+    for h in hs:
+        h.remove()
+    return total
+
+
+@pytest.mark.parametrize("name", ["alexnet", "alexnet_paper", "zfnet", "vgg11_bn", "vgg16_c", "nin_cifar",
+                                  "lenet5_modern", "vgg_cifar"])
+def test_macs_equal_the_analytic_count(name):
+    s = summary(name)
+    assert s.total_macs == analytic_macs(create_model(name), s.input_size)
+
+
+def test_macs_reproduce_published_counts():
+    assert summary("vgg16").total_macs == pytest.approx(15.47e9, rel=1e-3)  # torchvision: 15.47 GFLOPS
+    assert summary("alexnet").total_macs == pytest.approx(0.714e9, rel=1e-3)
+
+
+def test_lenet5_counts_its_partial_c3_and_rbf_units():
+    s = summary("lenet5")
+    assert s.row("c3").macs == 60 * 25 * 10 * 10  # 60 connections of Table I, 5x5, on a 10x10 map
+    assert s.row("output").macs == 84 * 10
+    assert s.total_params == 60_000
+
+
+class Functional(nn.Module):
+    """Convolutions written as function calls: no Conv2d module to hook."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(4, 3, 3, 3))
+        self.w2 = nn.Parameter(torch.randn(4, 4, 5, 5))
+
+    def forward(self, x):
+        a = F.conv2d(x, self.w1, padding=1)
+        b = F.conv2d(F.relu(a), self.w2, padding=2, stride=2)
+        return torch.flatten(F.adaptive_avg_pool2d(b, 1), 1) @ torch.ones(4, 2)
+
+
+def test_functional_calls_are_counted():
+    s = summary(Functional(), (3, 16, 16))
+    assert s.total_macs == 16 * 16 * 4 * 27 + 8 * 8 * 4 * 100 + 4 * 2
+    assert s.receptive_field.size == (3 + 4 * 1, 3 + 4 * 1)
+
+
+def sequential_layers(model):
+    """(kernel, stride, padding, dilation) of every conv and pool in a sequential ``features`` stack."""
+    out = []
+    for m in model.features.modules():
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            pair = lambda v: v[0] if isinstance(v, tuple) else v
+            d = pair(m.dilation) if hasattr(m, "dilation") else 1
+            out.append((pair(m.kernel_size), pair(m.stride), pair(m.padding), d))
+    return out
+
+
+@pytest.mark.parametrize("name,published", [("vgg16", 212), ("alexnet", 195), ("vgg11", 150),
+                                            ("alexnet_paper", 195), ("zfnet", None), ("nin_cifar", None)])
+def test_receptive_field_agrees_with_the_analytic_formula(name, published):
+    s = summary(name)
+    model = create_model(name)
+    fields = stack_rf(sequential_layers(model))
+    last_feature = [r for r in s.rows if r.is_leaf and r.name.startswith("features.")][-1]
+    assert last_feature.rf.size[0] == fields[-1].size[0]
+    assert last_feature.rf.jump[0] == fields[-1].jump[0]
+    assert last_feature.rf.start[0] == fields[-1].start[0]
+    if published:  # Araujo et al. 2019 (Distill), Table 1: VGG-16 212, AlexNet 195
+        assert fields[-1].size[0] == published
+
+
+def test_hand_computed_receptive_field_build_up():
+    # three 3x3 stride-1 convs see 7x7 (the lecture's argument for VGG); a 2x2/2 pool then adds 1
+    fields = stack_rf([(3, 1, 1, 1)] * 3 + [(2, 2, 0, 1)])
+    assert [f.size[0] for f in fields] == [1, 3, 5, 7, 8]
+    assert fields[-1].jump[0] == 2 and fields[-1].start[0] == 0.5
+
+
+class Branchy(nn.Module):
+    """Inception-like branches and a residual shortcut, all with positive weights (for the gradient check)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 2, 3, stride=2, padding=1)
+        self.a = nn.Conv2d(2, 2, 1)
+        self.b = nn.Conv2d(2, 2, 5, padding=2)
+        self.c = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1, dilation=1))
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1)
+        self.res = nn.Conv2d(6, 6, 3, padding=1)
+        for p in self.parameters():
+            nn.init.uniform_(p, 0.1, 1.0)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.cat([self.a(x), self.b(x), self.pool(self.c(x))], dim=1)
+        return y + self.res(y)
+
+
+def gradient_rf(model, size, unit):
+    """The receptive field read off the gradient: which input pixels change the output unit."""
+    x = torch.ones(1, 1, size, size, requires_grad=True)
+    out = model(x)
+    out[0, :, unit, unit].sum().backward()
+    nz = (x.grad[0, 0] != 0).nonzero()
+    rows, cols = nz[:, 0], nz[:, 1]
+    return (rows.max() - rows.min() + 1).item(), (cols.max() - cols.min() + 1).item(), rows.float().mean().item()
+
+
+def test_receptive_field_of_a_branching_network_matches_the_gradient():
+    model = Branchy()
+    s = summary(model, (1, 64, 64))
+    rf = s.rows[0].rf  # the model's output
+    h, w, centre = gradient_rf(model, 64, unit=10)
+    assert (h, w) == (rf.size[0], rf.size[1])
+    assert centre == pytest.approx(float(rf.start[0] + 10 * rf.jump[0]))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_summarises_with_tracked_fields(name):
+    s = summary(name)
+    assert s.total_params == sum(p.numel() for p in create_model(name).parameters())
+    assert s.untracked_ops == []
+    assert s.receptive_field is not None and s.rows[0].rf is not None
+    leaves = s.visible_rows()
+    assert leaves and all(r.rf is not None for r in leaves)
+
+
+def test_meta_and_real_runs_agree():
+    by_name = summary("alexnet_paper")
+    real = summary(create_model("alexnet_paper"), (3, 227, 227))
+    assert real.as_dict()["layers"] == by_name.as_dict()["layers"]
+    assert (real.total_macs, real.activation_elements) == (by_name.total_macs, by_name.activation_elements)
+
+
+def test_depth_collapses_modules():
+    s = summary("alexnet_paper", depth=1)
+    rows = s.visible_rows()
+    assert [r.name for r in rows] == ["features", "classifier"]
+    assert sum(r.params for r in rows) == s.total_params
+    assert sum(r.macs for r in rows) == s.total_macs
+
+
+def test_json_has_the_documented_fields():
+    d = json.loads(summary("lenet5").to_json())
+    for key in ("model", "input_size", "total_params", "trainable_params", "total_macs", "activation_elements",
+                "receptive_field", "layers"):
+        assert key in d
+    row = d["layers"][0]
+    assert row["name"] == "c1" and row["output_shape"] == [6, 28, 28] and row["weights"] == 150
+    assert row["receptive_field"] == {"size": [5, 5], "jump": [1, 1], "start": [2, 2], "global": False}
+
+
+def test_csv_and_markdown():
+    s = summary("lenet5_modern")
+    lines = s.csv().splitlines()
+    assert lines[0].startswith("name,type,output_shape") and len(lines) == 1 + len(s.visible_rows())
+    md = s.markdown()
+    assert md.startswith("| Layer |") and "| features.0 | Conv2d | 6x28x28 | 150 | 6 |" in md
+
+
+def test_golden_tables(golden):
+    golden("summary_lenet5.txt", summary("lenet5").table())
+    golden("summary_vgg16.txt", summary("vgg16").table())
+
+
+def test_bad_inputs_are_clear_errors():
+    with pytest.raises(CnnlabError, match="CxHxW"):
+        summary("vgg16", "3x224xabc")
+    with pytest.raises(CnnlabError, match="cannot run on a 1x4x4 input"):
+        summary("lenet5", (1, 4, 4))
+    with pytest.raises(CnnlabError, match="three positive"):
+        summary("lenet5", (1, 0, 32))
