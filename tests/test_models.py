@@ -95,14 +95,23 @@ def test_lenet5_layer_parameters_match_the_paper():
     assert n_params(create_model("lenet5", head="linear")) == 60_000 + 850
 
 
-def test_partial_conv_equals_a_masked_dense_convolution():
+def test_partial_conv_sums_only_the_connected_maps():
     m = create_model("lenet5")
     x = torch.randn(3, 6, 14, 14)
-    dense = m.c3.dense_weight()
-    mask = torch.tensor([[float(C3_TABLE[i][j] == "X") for i in range(6)] for j in range(16)])
-    assert torch.equal((dense != 0).float().amax(dim=(2, 3)), mask)
-    ref = F.conv2d(x, dense, m.c3.bias)
+    w, b = m.c3.weight, m.c3.bias
+    # reference: output map j is the sum over its input maps i in Table I of a 5x5 convolution, plus a bias
+    ref = torch.zeros(3, 16, 10, 10)
+    r = 0
+    for j in range(16):
+        for i in range(6):
+            if C3_TABLE[i][j] == "X":
+                ref[:, j] += F.conv2d(x[:, i:i + 1], w[r][None, None])[:, 0]
+                r += 1
+        ref[:, j] += b[j]
+    assert r == w.shape[0] == 60
     torch.testing.assert_close(m.c3(x), ref, rtol=1e-5, atol=1e-5)
+    mask = torch.tensor([[float(C3_TABLE[i][j] == "X") for i in range(6)] for j in range(16)])
+    assert torch.equal((m.c3.dense_weight() != 0).float().amax(dim=(2, 3)), mask)
 
 
 def test_lenet5_shapes_and_rbf_output():

@@ -73,9 +73,12 @@ def test_macs_reproduce_published_counts():
     assert summary("alexnet").total_macs == pytest.approx(0.714e9, rel=1e-3)
 
 
-def test_lenet5_counts_its_partial_c3_and_rbf_units():
+def test_lenet5_counts_what_runs_for_c3_and_the_rbf_units():
     s = summary("lenet5")
-    assert s.row("c3").macs == 60 * 25 * 10 * 10  # 60 connections of Table I, 5x5, on a 10x10 map
+    # C3 runs as one dense 6->16 5x5 convolution on a 10x10 map (the missing connections are zeros);
+    # its parameters are only the 60 connections of Table I
+    assert s.row("c3").macs == 16 * 6 * 25 * 10 * 10
+    assert (s.row("c3").weights, s.row("c3").biases) == (60 * 25, 16)
     assert s.row("output").macs == 84 * 10
     assert s.total_params == 60_000
 

@@ -23,6 +23,9 @@ parameters, as the paper states. Where this code departs from the paper, and why
 * ``head="linear"`` replaces the RBF layer by a plain linear layer (84 x num_classes + biases), the usual
   choice today. The default is the paper's RBF head because the name promises the published network
   (and its 60,000 trainable parameters); the linear head adds 850 trainable parameters for 10 classes.
+* C3's partial connections are stored as 1,500 weights and computed as one dense convolution with zeros
+  for the missing connections (four times faster on CPUs than grouped convolutions); the inspector
+  therefore counts the 240,000 multiply-adds that run, of which the paper's connections are 150,000.
 * Weights start uniform in (-2.4/F, 2.4/F), F the fan-in of the unit (App. C). Training details of the
   paper (stochastic diagonal Levenberg-Marquardt) belong to the trainer, not the architecture.
 
@@ -119,54 +122,41 @@ class Subsampling(nn.Module):
 class PartialConv2d(nn.Module):
     """A convolution in which output map j sees only the input maps ``table[j]`` (LeNet-5's C3).
 
-    Output maps with the same number of inputs are computed together by one grouped convolution over the
-    gathered input maps, so only the published connections are stored and multiplied: for C3, 1,500
-    weights and 150,000 multiply-adds instead of 2,400 and 240,000 for a full 6->16 convolution.
+    Only the published connections are parameters (for C3: 60 kernels of 5x5 = 1,500 weights, plus 16
+    biases). Each forward pass scatters them into a full (out, in, k, k) weight with zeros elsewhere and
+    runs one dense convolution: on CPUs that is about four times faster, forward and backward, than
+    grouped convolutions over gathered inputs, at the price of multiply-adds on the fixed zeros (C3 runs
+    240,000 multiply-adds of which 150,000 are the paper's connections).
     """
 
     def __init__(self, table: list[list[int]], kernel_size: int):
         super().__init__()
-        self.kernel_size = kernel_size
-        self.out_channels = len(table)
-        self.fan_ins = sorted({len(t) for t in table})
-        self.weights = nn.ParameterDict()
-        order = []
-        for n in self.fan_ins:
-            outs = [j for j, t in enumerate(table) if len(t) == n]
-            gather = [i for j in outs for i in table[j]]
-            order += outs
-            self.register_buffer(f"gather{n}", torch.tensor(gather), persistent=False)
-            w = torch.empty(len(outs), n, kernel_size, kernel_size)
-            _lecun_uniform_(w, n * kernel_size * kernel_size)
-            self.weights[str(n)] = nn.Parameter(w)
-        self.bias = nn.Parameter(torch.empty(self.out_channels))
-        _lecun_uniform_(self.bias, min(self.fan_ins) * kernel_size * kernel_size)
         self.table = [list(t) for t in table]
-        # Grouping by fan-in reorders the output maps; undo that unless the order is already the table's.
-        self.permute = order != list(range(self.out_channels))
-        inverse = sorted(range(len(order)), key=order.__getitem__)
-        self.register_buffer("inverse", torch.tensor(inverse), persistent=False)
+        self.out_channels = len(table)
+        self.in_channels = 1 + max(max(t) for t in table)
+        self.kernel_size = kernel_size
+        outs = [j for j, t in enumerate(table) for _ in t]
+        ins = [i for t in table for i in t]
+        self.register_buffer("out_index", torch.tensor(outs), persistent=False)
+        self.register_buffer("in_index", torch.tensor(ins), persistent=False)
+        # U(-2.4/F, 2.4/F) with F the fan-in of the output map a kernel feeds (its inputs x k x k)
+        bound = torch.tensor([2.4 / (len(table[o]) * kernel_size ** 2) for o in outs]).view(-1, 1, 1)
+        self.weight = nn.Parameter((torch.rand(len(ins), kernel_size, kernel_size) * 2 - 1) * bound)
+        self.bias = nn.Parameter(torch.empty(self.out_channels))
+        _lecun_uniform_(self.bias, len(ins) // self.out_channels * kernel_size ** 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = []
-        for n in self.fan_ins:
-            w = self.weights[str(n)]
-            parts.append(F.conv2d(x.index_select(1, getattr(self, f"gather{n}")), w, groups=w.shape[0]))
-        y = torch.cat(parts, dim=1)
-        if self.permute:
-            y = y.index_select(1, self.inverse)
-        return y + self.bias.view(1, -1, 1, 1)
+    @property
+    def connections(self) -> int:
+        return self.weight.shape[0]
 
     def dense_weight(self) -> torch.Tensor:
         """The equivalent full (out, in, k, k) weight, zero where the table has no connection."""
-        in_ch = 1 + max(max(t) for t in self.table)
-        dense = self.bias.new_zeros(self.out_channels, in_ch, self.kernel_size, self.kernel_size)
-        for n in self.fan_ins:
-            outs = [j for j, t in enumerate(self.table) if len(t) == n]
-            for r, j in enumerate(outs):
-                for c, i in enumerate(self.table[j]):
-                    dense[j, i] = self.weights[str(n)][r, c]
-        return dense
+        k = self.kernel_size
+        dense = self.weight.new_zeros(self.out_channels, self.in_channels, k, k)
+        return dense.index_put((self.out_index, self.in_index), self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.dense_weight(), self.bias)
 
 
 class EuclideanRBF(nn.Module):
