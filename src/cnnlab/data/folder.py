@@ -1,0 +1,77 @@
+"""Image folders (``folder:PATH``): one sub-folder per class, either under ``train/`` and ``val/`` or split by a
+fraction. Decoded by torchvision with transforms v2 in DataLoader workers: random-resized-crop and flip for
+training; resize and centre crop for evaluation (the ImageNet protocol, resize to size/0.875)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from cnnlab.errors import CnnlabError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_classes(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise CnnlabError(f"image folder {root} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise CnnlabError(f"{root} has no class sub-folders; expected {root}/<class>/<image files>")
+    exts = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+    for c in classes:
+        if not any(f.suffix.lower() in exts for f in (root / c).iterdir()):
+            raise CnnlabError(f"class folder {root / c} holds no images; remove it or add images")
+    return classes
+
+
+def transforms(size: int, train: bool, channels: int = 3):
+    from torchvision.transforms import v2
+
+    ops = [v2.ToImage()]
+    if train:
+        ops += [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        ops += [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+    if channels == 1:
+        ops.append(v2.Grayscale())
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(ops)
+
+
+def folder_datasets(path: str, size: int, val_split: float | None, seed: int, channels: int = 3):
+    """(train, eval, classes, eval split name)."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(path).expanduser()
+    if (root / "train").is_dir():
+        classes = _check_classes(root / "train")
+        train = ImageFolder(str(root / "train"), transform=transforms(size, True, channels))
+        if val_split:
+            raise CnnlabError(f"{root} already has a train/ folder; --val-split applies to a folder of classes")
+        evald = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+        if evald is None:
+            raise CnnlabError(f"{root} has train/ but no val/ or test/ folder; add one or point at a class folder "
+                              f"and use --val-split")
+        if _check_classes(evald) != classes:
+            raise CnnlabError(f"{evald} and {root / 'train'} have different class folders")
+        return train, ImageFolder(str(evald), transform=transforms(size, False, channels)), classes, evald.name
+    classes = _check_classes(root)
+    fraction = val_split or 0.2
+    full_train = ImageFolder(str(root), transform=transforms(size, True, channels))
+    full_eval = ImageFolder(str(root), transform=transforms(size, False, channels))
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(full_train), generator=g).tolist()
+    n_val = max(1, round(len(perm) * fraction))
+    return Subset(full_train, perm[n_val:]), Subset(full_eval, perm[:n_val]), classes, "val"
+
+
+def folder_loader(ds, batch_size: int, train: bool, seed: int, workers: int | None = None):
+    g = torch.Generator().manual_seed(seed)
+    workers = min(4, torch.get_num_threads()) if workers is None else workers
+    return DataLoader(ds, batch_size=batch_size, shuffle=train, generator=g, num_workers=workers,
+                      persistent_workers=workers > 0, drop_last=False)

@@ -1,0 +1,242 @@
+"""Where datasets live, what their official files are, and how to check and fetch them.
+
+Files keep their official names and formats: the MNIST family as IDX ``.gz`` files, CIFAR as the python
+pickle batches of the official archive. File lists, mirrors and MD5s are torchvision's (its dataset classes
+publish them), so there is one source of truth for every checksum.
+
+Data are looked for in ``--data-dir``, else ``$CNNLAB_DATA_DIR``, else the per-user cache folder
+(``~/.cache/cnnlab``, or ``$XDG_CACHE_HOME/cnnlab``). MNIST also ships inside the package, so the main
+command needs no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torchvision.datasets as tvd
+
+from cnnlab.errors import CnnlabError
+
+EMBEDDED = Path(__file__).parent / "embedded"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    name: str  # path relative to the dataset folder
+    md5: str
+    urls: tuple[str, ...] = ()  # where to download it from (empty: comes inside an archive)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    folder: str  # sub-folder of the data root
+    kind: str  # "idx", "cifar" or "jpeg-tar"
+    classes: tuple[str, ...]
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    files: dict[str, tuple[FileSpec, ...]]  # split -> files
+    homepage: str
+    licence: str
+    archive: FileSpec | None = None  # downloaded and extracted to make ``files``
+    note: str = ""
+    embedded: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+def _idx(name: str, cls, classes, mean, std, homepage, licence, embedded=False) -> DatasetSpec:
+    md5 = dict(cls.resources)
+    files = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        files[split] = tuple(
+            FileSpec(f"{prefix}-{kind}-idx{n}-ubyte.gz", md5[f"{prefix}-{kind}-idx{n}-ubyte.gz"],
+                     tuple(m + f"{prefix}-{kind}-idx{n}-ubyte.gz" for m in cls.mirrors))
+            for kind, n in (("images", 3), ("labels", 1)))
+    return DatasetSpec(name, name.replace("_", "-"), "idx", tuple(classes), 1, 28, mean, std, files,
+                       homepage, licence, embedded=embedded)
+
+
+def _cifar(name: str, cls, classes, mean, std) -> DatasetSpec:
+    files = {
+        "train": tuple(FileSpec(f"{cls.base_folder}/{f}", m) for f, m in cls.train_list),
+        "test": tuple(FileSpec(f"{cls.base_folder}/{f}", m) for f, m in cls.test_list),
+    }
+    archive = FileSpec(cls.filename, cls.tgz_md5, (cls.url,))
+    return DatasetSpec(name, name.replace("cifar", "cifar-"), "cifar", tuple(classes), 3, 32, mean, std, files,
+                       "https://www.cs.toronto.edu/~kriz/cifar.html", "no licence stated by the authors",
+                       archive=archive, extra={"meta": FileSpec(f"{cls.base_folder}/{cls.meta['filename']}",
+                                                                cls.meta["md5"])})
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": _idx("mnist", tvd.MNIST, [str(i) for i in range(10)], (0.1307,), (0.3081,),
+                  "http://yann.lecun.com/exdb/mnist/", "no licence stated (LeCun, Cortes, Burges)", embedded=True),
+    "fashion_mnist": _idx("fashion_mnist", tvd.FashionMNIST, tvd.FashionMNIST.classes, (0.2860,), (0.3530,),
+                          "https://github.com/zalandoresearch/fashion-mnist", "MIT"),
+    "kmnist": _idx("kmnist", tvd.KMNIST, tvd.KMNIST.classes, (0.1918,), (0.3483,),
+                   "https://github.com/rois-codh/kmnist", "CC BY-SA 4.0"),
+    "cifar10": _cifar("cifar10", tvd.CIFAR10, CIFAR10_CLASSES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": _cifar("cifar100", tvd.CIFAR100, (), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10_jpeg": DatasetSpec(
+        "cifar10_jpeg", "cifar-10", "jpeg-tar", CIFAR10_CLASSES, 3, 32,
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        {"train": (FileSpec("cifar-10-jpg.tar.gz", "97a885386ac940ec95312e53cd0d3606"),),
+         "test": (FileSpec("cifar-10-jpg.tar.gz", "97a885386ac940ec95312e53cd0d3606"),)},
+        "https://www.cs.toronto.edu/~kriz/cifar.html", "no licence stated by the authors",
+        note="all 60,000 CIFAR-10 images re-encoded as JPEG quality 75 (lossy): for tests and speed work, "
+             "not for matching published accuracies; use cifar10 for those"),
+}
+
+
+def spec(name: str) -> DatasetSpec:
+    if name.startswith("folder:"):
+        raise CnnlabError("folder datasets have no fixed specification")  # handled by the folder loader
+    try:
+        return DATASETS[name]
+    except KeyError:
+        import difflib
+        close = difflib.get_close_matches(name, list(DATASETS), n=2)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise CnnlabError(f"unknown dataset {name!r}; {hint}known: {', '.join(DATASETS)} and folder:PATH") from None
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """--data-dir, else $CNNLAB_DATA_DIR, else the per-user cache folder."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get("CNNLAB_DATA_DIR"):
+        return Path(os.environ["CNNLAB_DATA_DIR"]).expanduser()
+    return cache_root()
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cnnlab"
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class FileStatus:
+    file: FileSpec
+    path: Path | None  # where it was found (None: missing)
+    actual_md5: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.path is not None and self.actual_md5 == self.file.md5
+
+    @property
+    def state(self) -> str:
+        if self.path is None:
+            return "missing"
+        return "ok" if self.ok else "corrupt"
+
+
+def candidate_dirs(s: DatasetSpec, data_dir=None) -> list[Path]:
+    dirs = [data_root(data_dir) / s.folder]
+    if s.embedded:
+        dirs.append(EMBEDDED / s.folder)
+    return dirs
+
+
+def locate(s: DatasetSpec, data_dir=None, check: bool = True) -> list[FileStatus]:
+    """Find every file of every split (first folder that has it), with its MD5 if ``check``."""
+    out, seen = [], set()
+    for files in s.files.values():
+        for f in files:
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            path = next((d / f.name for d in candidate_dirs(s, data_dir) if (d / f.name).is_file()), None)
+            out.append(FileStatus(f, path, md5sum(path) if (path and check) else None))
+    return out
+
+
+def require(s: DatasetSpec, data_dir=None, download: bool = False) -> dict[str, Path]:
+    """Paths of all files, verified; downloads what is missing when asked (and online)."""
+    status = locate(s, data_dir)
+    for st in status:
+        if st.path is not None and not st.ok:
+            raise CnnlabError(f"{st.path} is corrupt or truncated: MD5 {st.actual_md5}, expected {st.file.md5}; "
+                              f"delete it and run `cnnlab data prepare {s.name}` (or copy a good one there)")
+    missing = [st.file for st in status if st.path is None]
+    if missing and download:
+        fetch(s, data_dir, missing)
+        return require(s, data_dir, download=False)
+    if missing:
+        where = " or ".join(str(d) for d in candidate_dirs(s, data_dir))
+        names = ", ".join(f.name for f in missing)
+        if not s.archive and not missing[0].urls:  # a local copy with no official download
+            raise CnnlabError(f"{s.name}: missing {names} in {where}; this copy cannot be downloaded "
+                              f"({s.note}); copy it there, or use the official dataset instead")
+        source = s.archive.urls[0] if s.archive else missing[0].urls[0].rsplit("/", 1)[0] + "/"
+        raise CnnlabError(f"{s.name}: missing {names} in {where}; run `cnnlab data prepare {s.name}` online, "
+                          f"or download from {source} into {data_root(data_dir) / s.folder}")
+    return {st.file.name: st.path for st in status}
+
+
+def fetch(s: DatasetSpec, data_dir, missing: list[FileSpec]) -> None:
+    """Download into a temporary folder, check the MD5, then move into place: never a half-written file."""
+    from torchvision.datasets.utils import download_url, extract_archive
+
+    target = data_root(data_dir) / s.folder
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as tmp:
+        tmp = Path(tmp)
+        try:
+            if s.archive is not None:
+                _download(download_url, s.archive, tmp)
+                extract_archive(str(tmp / s.archive.name), str(tmp / "x"))
+                for f in missing:
+                    src = tmp / "x" / f.name
+                    if not src.is_file() or md5sum(src) != f.md5:
+                        raise CnnlabError(f"{s.archive.name} does not hold a good {f.name}")
+                    _move(src, target / f.name)
+            else:
+                for f in missing:
+                    _download(download_url, f, tmp)
+                    _move(tmp / f.name, target / f.name)
+        except CnnlabError:
+            raise
+        except Exception as e:  # network errors: say which file and where to get it
+            raise CnnlabError(f"could not download {s.name} ({type(e).__name__}: {e}); "
+                              f"get the files from {s.homepage} into {target}") from None
+
+
+def _download(download_url, f: FileSpec, tmp: Path) -> None:
+    errors = []
+    for url in f.urls:
+        try:
+            download_url(url, str(tmp), filename=Path(f.name).name, md5=f.md5)
+            if (tmp / Path(f.name).name) != (tmp / f.name):
+                (tmp / f.name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(tmp / Path(f.name).name, tmp / f.name)
+            return
+        except Exception as e:
+            errors.append(f"{url}: {e}")
+    raise OSError("; ".join(errors) or "no URL")
+
+
+def _move(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".part")
+    shutil.copyfile(src, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dst)

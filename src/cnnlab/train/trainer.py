@@ -1,0 +1,459 @@
+"""The trainer: a recipe, real data, a progress bar, and a run folder that survives a crash.
+
+Run folder::
+
+    config.json    every resolved setting (recipe, then flags), versions, hardware
+    metrics.jsonl  one line per epoch, and one every ``log_every`` steps
+    curves.png     loss and accuracy, training and evaluation
+    last.pt        the latest checkpoint (model, optimiser, scheduler, scaler, epoch, step, RNG state)
+    best.pt        the checkpoint with the best evaluation accuracy
+    summary.md     what was trained, on what, how well and how fast
+
+Checkpoints are written at the end of every epoch. ``--resume`` restarts from the last one: the epoch that
+was running when the process died is run again from its start with the same data order, augmentation and
+dropout draws, so on CPU in deterministic mode a resumed run ends with exactly the weights of an
+uninterrupted one. metrics.jsonl keeps only lines up to the checkpoint's epoch when a run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.data.memory import MemoryLoader, load, split_train_val
+from cnnlab.errors import CnnlabError
+from cnnlab.models.registry import create_model, model_card
+from cnnlab.train.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from cnnlab.train.recipes import Recipe, get_recipe, override, recipe_for
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    data: str | None = None
+    recipe: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    out: str | None = None
+    resume: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    quiet: bool = False
+    data_dir: str | None = None
+    val_split: float | None = None
+    log_every: int = 50
+    model_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    epochs: int
+    best_top1: float
+    final: dict
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise CnnlabError(f"--device must be cpu, cuda or auto, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device, macs_per_image: int) -> str:
+    """'auto': on CUDA bf16 where supported, else fp16; on CPU bf16 only for networks big enough that the
+    bf16 kernels pay (measured in benchmarks/throughput.py: LeNet-5 is faster in fp32, vgg_cifar in bf16)."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise CnnlabError(f"--precision must be fp32, bf16, fp16 or auto, got {precision!r}")
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise CnnlabError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if (cpu_has_bf16() and macs_per_image >= 50_000_000) else "fp32"
+
+
+# -- data ------------------------------------------------------------------------------------------------
+
+def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, val_split: float,
+              input_size: tuple[int, int, int], device, channels_last: bool):
+    """(train loader, eval loader, classes, eval split name, channels)."""
+    if data.startswith("folder:"):
+        from cnnlab.data.folder import folder_datasets, folder_loader
+
+        path = data.split(":", 1)[1]
+        if path in ("", "imagenet"):
+            raise CnnlabError(f"this recipe trains on an image folder: pass --data folder:PATH "
+                              f"(PATH/<class>/*.jpg, or PATH/train and PATH/val)")
+        train, evald, classes, eval_name = folder_datasets(path, input_size[1], val_split or None, seed,
+                                                           input_size[0])
+        return (folder_loader(train, batch_size, True, seed), folder_loader(evald, batch_size, False, seed),
+                classes, eval_name, input_size[0])
+    train = load(data, "train", data_dir)
+    if val_split:
+        train, evald = split_train_val(train, val_split, seed)
+        eval_name = "val"
+    else:
+        evald, eval_name = load(data, "test", data_dir), "test"
+    aug = recipe.augment
+    tl = MemoryLoader(train, batch_size, True, aug, seed, drop_last=True, device=device, channels_last=channels_last)
+    el = MemoryLoader(evald, max(256, batch_size), False, aug, seed, device=device, channels_last=channels_last)
+    return tl, el, train.classes, eval_name, train.channels
+
+
+# -- the loop ----------------------------------------------------------------------------------------------
+
+def _optimizer(recipe: Recipe, params):
+    decay, no_decay = [], []
+    for p in params:
+        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on biases and BN parameters
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if recipe.optimizer in ("sgd", "nesterov"):
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.optimizer == "nesterov")
+    if recipe.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=recipe.lr, momentum=recipe.momentum, alpha=0.9, eps=1.0)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=recipe.lr)
+    raise CnnlabError(f"unknown optimiser {recipe.optimizer!r}")
+
+
+def _loss(output, target, smoothing: float):
+    """Cross-entropy; auxiliary outputs (a tuple/namedtuple of logits) are weighted as their model says."""
+    if isinstance(output, torch.Tensor):
+        return F.cross_entropy(output, target, label_smoothing=smoothing), output
+    main, *aux = output
+    weights = getattr(output, "aux_weights", (0.3,) * len(aux))
+    loss = F.cross_entropy(main, target, label_smoothing=smoothing)
+    for w, a in zip(weights, aux):
+        loss = loss + w * F.cross_entropy(a, target, label_smoothing=smoothing)
+    return loss, main
+
+
+def evaluate_loader(model, loader, device, autocast) -> dict:
+    model.eval()
+    total = correct1 = correct5 = 0
+    loss_sum = 0.0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            with autocast():
+                out = model(x)
+            out = out.float()
+            loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+            k = min(5, out.shape[1])
+            top = out.topk(k, 1).indices
+            correct1 += (top[:, 0] == y).sum().item()
+            correct5 += (top == y[:, None]).any(1).sum().item()
+            total += y.numel()
+    return {"loss": loss_sum / total, "top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
+
+
+def _hardware(device: torch.device) -> dict:
+    hw = {"platform": platform.platform(), "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
+          "torch_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        hw["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        hw["cpu_bf16"] = cpu_has_bf16()
+    return hw
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2f}%  "
+                               "{task.fields[ips]:,.0f} img/s"), TimeRemainingColumn(), transient=True)
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    started = time.time()
+    resume_state = None
+    if cfg.resume:
+        resume_state = load_checkpoint(cfg.resume)
+        saved = resume_state["config"]
+        # flags given again win only where they do not change what is being trained
+        keep = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+        for k in ("quiet", "device", "out", "epochs"):
+            if getattr(cfg, k) not in (None, False, "auto"):
+                keep[k] = getattr(cfg, k)
+        keep["resume"] = cfg.resume
+        if keep["model"] != cfg.model:
+            raise CnnlabError(f"the checkpoint {cfg.resume} is a {keep['model']} run, not {cfg.model}")
+        cfg = TrainConfig(**keep)
+
+    recipe = get_recipe(cfg.recipe) if cfg.recipe else recipe_for(cfg.model)
+    recipe = override(recipe, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, val_split=cfg.val_split)
+    data = cfg.data or recipe.data
+    for what, v in (("--epochs", recipe.epochs), ("--batch-size", recipe.batch_size)):
+        if v < 1:
+            raise CnnlabError(f"{what} must be 1 or more, got {v}")
+    if not recipe.lr > 0:
+        raise CnnlabError(f"--lr must be positive, got {recipe.lr}")
+
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    device = resolve_device(cfg.device)
+    card = model_card(cfg.model)
+
+    with torch.device("meta"):
+        probe = create_model(cfg.model, **cfg.model_options)
+    from cnnlab.analysis.summary import summary
+    macs = summary(probe, card.input_size).total_macs
+    precision = "fp32" if cfg.deterministic and cfg.precision == "auto" else resolve_precision(cfg.precision, device, macs)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else precision != "fp32"
+
+    train_loader, eval_loader, classes, eval_name, channels = make_data(
+        data, recipe, recipe.batch_size, cfg.seed, cfg.data_dir, recipe.val_split, card.input_size, device,
+        channels_last)
+    model = create_model(cfg.model, num_classes=len(classes), in_chans=channels, **cfg.model_options).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(recipe, model.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    step_model = torch.compile(model) if cfg.compile else model
+
+    run_dir = Path(cfg.out) if cfg.out else Path(cfg.resume).parent if (cfg.resume and Path(cfg.resume).is_file()) \
+        else Path(cfg.resume) if cfg.resume else Path("runs") / f"{cfg.model}-{data.replace(':', '_').replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * recipe.epochs
+    start_epoch, step, plateau, best_top1, history = 0, 0, {"factor": 1.0, "best": -1.0, "bad": 0}, -1.0, []
+    if resume_state is not None:
+        if resume_state["classes"] != list(classes):
+            raise CnnlabError("the checkpoint was trained on other classes than this data; resume with its own --data")
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        if resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        if device.type == "cuda" and resume_state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(resume_state["rng"]["cuda"], device)
+        start_epoch, step = resume_state["epoch"], resume_state["step"]
+        plateau, best_top1 = dict(resume_state["plateau"]), resume_state["best_top1"]
+        history = list(resume_state["history"])
+
+    resolved = {
+        **asdict(cfg), "data": data, "recipe": recipe.name, "recipe_settings": recipe.as_dict(),
+        "precision": precision, "channels_last": channels_last, "eval_split": eval_name,
+        "classes": list(classes), "steps_per_epoch": steps_per_epoch, "macs_per_image": macs,
+        "versions": {"cnnlab": _version(), "torch": torch.__version__, "torchvision": _tv_version()},
+        "hardware": _hardware(device),
+    }
+    atomic_write_json(run_dir / "config.json", resolved)
+    metrics_path = run_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, start_epoch)
+
+    def log(record: dict):
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def checkpoint_state(epoch: int) -> dict:
+        return {
+            "model_name": cfg.model, "model_options": cfg.model_options, "num_classes": len(classes),
+            "in_chans": channels, "classes": list(classes), "data": data, "config": asdict(cfg),
+            "recipe": recipe.as_dict(), "eval_split": eval_name, "precision": precision,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "plateau": plateau, "epoch": epoch, "step": step, "best_top1": best_top1, "history": history,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        }
+
+    say = (lambda *a: None) if cfg.quiet else print
+    if start_epoch == 0:
+        say(f"training {cfg.model} on {data} ({len(train_loader.ds) if hasattr(train_loader, 'ds') else '?'} images, "
+            f"{eval_name}: {eval_name} set) with recipe {recipe.name}: {recipe.epochs} epochs, batch "
+            f"{recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, {precision}"
+            f"{' channels-last' if channels_last else ''} on {device}; run folder {run_dir}")
+    else:
+        say(f"resuming {run_dir} after epoch {start_epoch} of {recipe.epochs}")
+
+    progress = _progress(cfg.quiet)
+    final = history[-1] if history else {}
+    for epoch in range(start_epoch, recipe.epochs):
+        train_loader.epoch = epoch
+        if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        model.train()
+        t0 = time.time()
+        seen = correct = 0
+        loss_sum = 0.0
+        task = progress.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=steps_per_epoch, loss=0.0, acc=0.0,
+                                 ips=0.0) if progress else None
+        if progress and epoch == start_epoch:
+            progress.start()
+        for i, (x, y) in enumerate(train_loader):
+            if i >= steps_per_epoch:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            lr = recipe.lr * recipe.lr_factor(step, steps_per_epoch, total_steps) * plateau["factor"]
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            with autocast():
+                out = step_model(x)
+                loss, logits = _loss(out, y, recipe.label_smoothing)
+            value = loss.item()
+            if not math.isfinite(value):
+                if progress:
+                    progress.stop()
+                raise CnnlabError(
+                    f"the loss became {value} at epoch {epoch + 1}, step {i + 1}; training stopped. Lower --lr "
+                    f"(now {recipe.lr}) and resume from {run_dir / 'last.pt'} or start again; the last good "
+                    f"checkpoint is kept" if (run_dir / "last.pt").exists() else
+                    f"the loss became {value} at epoch {epoch + 1}, step {i + 1}; training stopped before any "
+                    f"checkpoint. Lower --lr (now {recipe.lr}) and start again")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            n = y.numel()
+            seen += n
+            loss_sum += value * n
+            correct += (logits.argmax(1) == y).sum().item()
+            ips = seen / max(1e-9, time.time() - t0)
+            if progress:
+                progress.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen, ips=ips)
+            if cfg.log_every and step % cfg.log_every == 0:
+                log({"kind": "step", "epoch": epoch + 1, "step": step, "loss": value, "lr": lr, "images_per_s": ips})
+        train_seconds = time.time() - t0
+        ev = evaluate_loader(model, eval_loader, device, autocast)
+        record = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": loss_sum / seen,
+                  "train_top1": 100.0 * correct / seen, "eval_split": eval_name, "eval_loss": ev["loss"],
+                  "eval_top1": ev["top1"], "eval_top5": ev["top5"], "lr": lr, "seconds": train_seconds,
+                  "images_per_s": seen / train_seconds, "elapsed": time.time() - started}
+        if progress:
+            progress.remove_task(task)
+        if recipe.schedule == "plateau":
+            if ev["top1"] > plateau["best"]:
+                plateau["best"], plateau["bad"] = ev["top1"], 0
+            else:
+                plateau["bad"] += 1
+                if plateau["bad"] >= recipe.patience:
+                    plateau["factor"] *= recipe.gamma
+                    plateau["bad"] = 0
+        history.append(record)
+        log(record)
+        is_best = ev["top1"] > best_top1
+        best_top1 = max(best_top1, ev["top1"])
+        state = checkpoint_state(epoch + 1)
+        save_checkpoint(state, run_dir / "last.pt")
+        if is_best:
+            save_checkpoint(state, run_dir / "best.pt")
+        final = record
+        say(f"epoch {epoch + 1:>3}/{recipe.epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_top1']:.2f}%  {eval_name} loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}% "
+            f"top-5 {ev['top5']:.2f}%  {record['images_per_s']:,.0f} img/s  {train_seconds:.1f}s")
+        write_curves(history, run_dir / "curves.png")
+    if progress:
+        progress.stop()
+    seconds = time.time() - started
+    write_summary(run_dir, resolved, history, best_top1, seconds)
+    say(f"done: best {eval_name} top-1 {best_top1:.2f}% in {seconds:.1f}s; run folder {run_dir}")
+    return RunResult(run_dir, recipe.epochs, best_top1, final, seconds)
+
+
+def _truncate_metrics(path: Path, epoch: int) -> None:
+    """Keep only the lines up to ``epoch`` (a resumed run writes the rest again); drop a torn last line."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("epoch", 0) <= epoch and not (rec.get("kind") == "step" and rec["epoch"] > epoch):
+            if rec.get("kind") == "step" and rec["epoch"] == epoch + 1:
+                continue
+            kept.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+
+def write_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    a.plot(epochs, [h["eval_loss"] for h in history], "o-", label=history[-1]["eval_split"])
+    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
+    b.plot(epochs, [h["train_top1"] for h in history], "o-", label="train top-1")
+    b.plot(epochs, [h["eval_top1"] for h in history], "o-", label=f"{history[-1]['eval_split']} top-1")
+    b.set_xlabel("epoch"), b.set_ylabel("accuracy %"), b.legend(), b.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_summary(run_dir: Path, cfg: dict, history: list[dict], best: float, seconds: float) -> None:
+    last = history[-1] if history else {}
+    ips = [h["images_per_s"] for h in history]
+    lines = [
+        f"# {cfg['model']} on {cfg['data']}", "",
+        f"- recipe: {cfg['recipe']} ({cfg['recipe_settings']['source']})",
+        f"- {len(history)} epochs, batch {cfg['recipe_settings']['batch_size']}, "
+        f"{cfg['recipe_settings']['optimizer']} lr {cfg['recipe_settings']['lr']}, {cfg['precision']}"
+        f"{' channels-last' if cfg['channels_last'] else ''}, seed {cfg['seed']}",
+        f"- final {last.get('eval_split', 'eval')} top-1 {last.get('eval_top1', float('nan')):.2f}%, "
+        f"top-5 {last.get('eval_top5', float('nan')):.2f}%; best top-1 {best:.2f}%",
+        f"- training speed: median {sorted(ips)[len(ips) // 2] if ips else 0:,.0f} images/s; "
+        f"wall time {seconds:.1f} s (this process)",
+        f"- hardware: {cfg['hardware']['device']}, {cfg['hardware']['cpu_count']} CPUs, torch {cfg['versions']['torch']}",
+        "", "| epoch | train loss | train top-1 | eval loss | eval top-1 | eval top-5 | img/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for h in history:
+        lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_top1']:.2f} | {h['eval_loss']:.4f} | "
+                     f"{h['eval_top1']:.2f} | {h['eval_top5']:.2f} | {h['images_per_s']:,.0f} |")
+    atomic_write_text(run_dir / "summary.md", "\n".join(lines) + "\n")
+
+
+def _version() -> str:
+    from cnnlab import __version__
+    return __version__
+
+
+def _tv_version() -> str:
+    import torchvision
+    return torchvision.__version__
