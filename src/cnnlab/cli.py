@@ -36,6 +36,23 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1, e.g. 0.1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cnnlab", description="Classic CNNs, faithful to the papers, with every number explained.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -76,6 +93,50 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("layers", nargs="+", help="conv<k>[s<stride>][p<pad>][d<dilation>][*<n>] or pool<k>...")
     cr.add_argument("--input", type=_positive_int, help="input width, to show each layer's output size")
     cr.add_argument("--format", choices=("text", "json"), default="text")
+
+    t = sub.add_parser("train", help="train a model on real data with its paper's recipe")
+    t.add_argument("model", help="a model name (see `cnnlab models`)")
+    t.add_argument("--data", help="mnist, fashion_mnist, kmnist, cifar10, cifar100, cifar10_jpeg or folder:PATH "
+                                  "(default: the recipe's)")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--lr", type=_positive_float)
+    t.add_argument("--recipe", help="see `cnnlab recipes` (default: the model's)")
+    t.add_argument("--out", help="run folder (default: runs/MODEL-DATA-TIME)")
+    t.add_argument("--resume", help="a run folder or checkpoint to continue")
+    t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    t.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="auto")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    t.add_argument("--data-dir", help="where datasets live (default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab)")
+    t.add_argument("--val-split", type=_fraction, help="hold out this fraction of the training set as 'val'")
+    t.add_argument("--log-every", type=_positive_int, default=50, help="steps between metrics.jsonl lines")
+
+    sub.add_parser("recipes", help="the training recipes, one per paper")
+
+    e = sub.add_parser("eval", help="top-1/top-5, per-class accuracy, confusion matrix of a trained run")
+    e.add_argument("checkpoint", help="a run folder or checkpoint")
+    e.add_argument("--data", help="evaluate on this dataset instead of the run's")
+    e.add_argument("--tta", choices=("flip", "crops10"), help="test-time augmentation")
+    e.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT", help="more checkpoints to average")
+    e.add_argument("--data-dir")
+    e.add_argument("--format", choices=("text", "json"), default="text")
+
+    pr = sub.add_parser("predict", help="top-5 classes of image files")
+    pr.add_argument("checkpoint")
+    pr.add_argument("images", nargs="+")
+
+    d = sub.add_parser("data", help="datasets: list, verify, prepare")
+    dsub = d.add_subparsers(dest="data_command", metavar="WHAT", parser_class=_Parser)
+    dl = dsub.add_parser("list", help="known datasets and whether their files are here")
+    dl.add_argument("--data-dir")
+    for name, what in (("verify", "check every file's MD5"), ("prepare", "download what is missing, then decode")):
+        dp = dsub.add_parser(name, help=what)
+        dp.add_argument("names", nargs="*", help="datasets (default: all present)")
+        dp.add_argument("--data-dir")
 
     f = sub.add_parser("fidelity", help="our numbers beside the papers'")
     f.add_argument("name", nargs="?", help="one model (default: all with published figures)")
@@ -155,7 +216,99 @@ def _fidelity(args) -> str:
     return render(fidelity(args.name), args.format)
 
 
-COMMANDS = {"models": _models, "card": _card, "summary": _summary, "calc": _calc, "fidelity": _fidelity}
+def _train(args) -> str:
+    from cnnlab.train import TrainConfig, train
+
+    cfg = TrainConfig(model=args.model, data=args.data, recipe=args.recipe, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, out=args.out, resume=args.resume, device=args.device,
+                      precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+                      seed=args.seed, deterministic=args.deterministic, quiet=args.quiet, data_dir=args.data_dir,
+                      val_split=args.val_split, log_every=args.log_every)
+    from cnnlab.models import model_card
+    model_card(args.model)  # unknown model: the registry's message, before any data is touched
+    result = train(cfg)
+    return f"{result.run_dir}\n" if args.quiet else ""
+
+
+def _recipes(args) -> str:
+    from cnnlab.train import list_recipes
+
+    lines = []
+    for r in list_recipes():
+        sched = r.schedule + (f" {list(r.milestones)}" if r.milestones else "")
+        aug = ", ".join(f"{k}={v}" for k, v in r.augment.as_dict().items() if v) or "none"
+        lines += [f"{r.name}  (default for {', '.join(r.models)})",
+                  f"  data {r.data}; {r.epochs} epochs, batch {r.batch_size}, {r.optimizer} lr {r.lr}"
+                  f"{f' momentum {r.momentum}' if r.optimizer in ('sgd', 'nesterov', 'rmsprop') else ''}, "
+                  f"weight decay {r.weight_decay}, schedule {sched}"
+                  f"{f', label smoothing {r.label_smoothing}' if r.label_smoothing else ''}; augmentation {aug}",
+                  f"  source: {r.source}"] + ([f"  note: {r.note}"] if r.note else []) + [""]
+    return "\n".join(lines)
+
+
+def _eval(args) -> str:
+    from pathlib import Path
+
+    from cnnlab.train.checkpoint import resolve
+    from cnnlab.train.evaluate import evaluate
+
+    report = evaluate([args.checkpoint] + args.ensemble, args.data, args.tta, args.data_dir)
+    if args.format == "json":
+        return json.dumps(report.as_dict(), indent=2) + "\n"
+    folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else resolve(args.checkpoint).parent
+    png = folder / f"confusion-{report.split}{'-' + args.tta if args.tta else ''}.png"
+    report.plot(png)
+    return report.text() + f"\nconfusion matrix: {png}\n"
+
+
+def _predict(args) -> str:
+    from cnnlab.train.evaluate import predict
+
+    lines = []
+    for path, top in predict(args.checkpoint, args.images):
+        lines.append(path)
+        lines += [f"  {p * 100:6.2f}%  {c}" for c, p in top]
+    return "\n".join(lines) + "\n"
+
+
+def _data(args) -> str:
+    from cnnlab.data.memory import load
+    from cnnlab.data.sources import DATASETS, candidate_dirs, locate, require
+
+    if args.data_command == "list":
+        lines = []
+        for name, s in DATASETS.items():
+            status = locate(s, args.data_dir, check=False)
+            here = sum(st.path is not None for st in status)
+            where = next((str(st.path.parent) for st in status if st.path), str(candidate_dirs(s, args.data_dir)[0]))
+            lines.append(f"{name:<14} {len(s.classes) or 100:>3} classes  {s.channels}x{s.size}x{s.size}  "
+                         f"{here}/{len(status)} files  {where}" + (f"  ({s.note.split(':')[0]})" if s.note else ""))
+        return "\n".join(lines) + "\n"
+    if args.data_command not in ("verify", "prepare"):
+        raise CnnlabError("say what to do: `cnnlab data list`, `cnnlab data verify` or `cnnlab data prepare`")
+    names = args.names or [n for n, s in DATASETS.items()
+                           if any(st.path for st in locate(s, args.data_dir, check=False))]
+    lines = []
+    for name in names:
+        from cnnlab.data.sources import spec
+        s = spec(name)
+        if args.data_command == "verify":
+            for st in locate(s, args.data_dir):
+                lines.append(f"{name:<14} {st.state:<8} {st.file.name}" + (f"  ({st.path})" if st.path else "")
+                             + (f"  MD5 {st.actual_md5}, expected {st.file.md5}" if st.state == "corrupt" else ""))
+        else:
+            require(s, args.data_dir, download=True)
+            sizes = [f"{split} {len(load(name, split, args.data_dir)):,}" for split in s.files]
+            lines.append(f"{name:<14} ready: {', '.join(sizes)} images")
+    out = "\n".join(lines) + "\n"
+    if args.data_command == "verify" and any(" corrupt " in l or " missing " in l for l in lines):
+        sys.stdout.write(out)
+        raise CnnlabError("some files are missing or corrupt (listed above); `cnnlab data prepare NAME` fetches them")
+    return out
+
+
+COMMANDS = {"train": _train, "recipes": _recipes, "eval": _eval, "predict": _predict, "data": _data,
+            "models": _models, "card": _card, "summary": _summary, "calc": _calc, "fidelity": _fidelity}
 
 
 def main(argv: list[str] | None = None) -> int:

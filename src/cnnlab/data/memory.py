@@ -184,6 +184,22 @@ def augment_batch(x: torch.Tensor, aug: Augment, g: torch.Generator) -> torch.Te
     return x
 
 
+def pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre a batch of smaller images on a zero canvas of ``size`` x ``size`` (0: leave as is)."""
+    if not size or x.shape[-1] >= size:
+        return x
+    p, q = size - x.shape[-1], size - x.shape[-2]
+    return torch.nn.functional.pad(x, (p // 2, p - p // 2, q // 2, q - q // 2))
+
+
+def preprocess(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 images -> float, normalised per channel with the dataset's mean and std (given for 0..1)."""
+    c = x.shape[1]
+    m = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) * 255
+    s = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) * 255
+    return (x.float() - m) / s
+
+
 @dataclass
 class MemoryLoader:
     """Batches of (normalised float images, labels) from an ArrayDataset."""
@@ -203,9 +219,6 @@ class MemoryLoader:
     def __post_init__(self):
         if self.batch_size < 1:
             raise CnnlabError(f"batch size must be 1 or more, got {self.batch_size}")
-        c = self.ds.channels
-        self.mean = torch.tensor(self.ds.mean).view(1, c, 1, 1) * 255
-        self.std = torch.tensor(self.ds.std).view(1, c, 1, 1) * 255
 
     def __len__(self) -> int:
         n = len(self.ds)
@@ -216,15 +229,8 @@ class MemoryLoader:
             return torch.arange(len(self.ds))
         return torch.randperm(len(self.ds), generator=_rng(self.seed, epoch, 0))
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 batch -> padded, normalised float batch (no randomness): what evaluation sees."""
-        if self.aug.pad_to and x.shape[-1] < self.aug.pad_to:
-            p = self.aug.pad_to - x.shape[-1]
-            x = torch.nn.functional.pad(x, (p // 2, p - p // 2, p // 2, p - p // 2))
-        return x
-
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - self.mean) / self.std
+        x = preprocess(x, self.ds.mean, self.ds.std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x.to(self.device, non_blocking=True)
@@ -235,7 +241,7 @@ class MemoryLoader:
         for b in range(self.start_batch, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             idx = idx[rank::world]
-            x = self.prepare(self.ds.images[idx])
+            x = pad_to(self.ds.images[idx], self.aug.pad_to)
             if self.train:
                 x = augment_batch(x, self.aug, _rng(self.seed, self.epoch, b + 1))
             yield self.normalise(x), self.ds.labels[idx].to(self.device, non_blocking=True)

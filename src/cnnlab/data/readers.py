@@ -39,6 +39,7 @@ class _CifarUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 writes the bytes inside a protocol-2 array pickle
     }
 
     def find_class(self, module, name):

@@ -286,7 +286,7 @@ def train(cfg: TrainConfig) -> RunResult:
     def checkpoint_state(epoch: int) -> dict:
         return {
             "model_name": cfg.model, "model_options": cfg.model_options, "num_classes": len(classes),
-            "in_chans": channels, "classes": list(classes), "data": data, "config": asdict(cfg),
+            "in_chans": channels, "input_size": list(card.input_size), "classes": list(classes), "data": data, "config": asdict(cfg),
             "recipe": recipe.as_dict(), "eval_split": eval_name, "precision": precision,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -297,8 +297,7 @@ def train(cfg: TrainConfig) -> RunResult:
 
     say = (lambda *a: None) if cfg.quiet else print
     if start_epoch == 0:
-        say(f"training {cfg.model} on {data} ({len(train_loader.ds) if hasattr(train_loader, 'ds') else '?'} images, "
-            f"{eval_name}: {eval_name} set) with recipe {recipe.name}: {recipe.epochs} epochs, batch "
+        say(f"training {cfg.model} on {data} (evaluating on the {eval_name} set) with recipe {recipe.name}: {recipe.epochs} epochs, batch "
             f"{recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, {precision}"
             f"{' channels-last' if channels_last else ''} on {device}; run folder {run_dir}")
     else:

@@ -1,0 +1,211 @@
+"""Evaluation of trained checkpoints: top-1, top-5, per-class accuracy and the confusion matrix, with
+test-time augmentation (flip averaging; AlexNet's ten crops: four corners and the centre, and their mirror
+images) and ensembles (softmax averaged over several checkpoints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models.registry import create_model
+from cnnlab.train.checkpoint import load_checkpoint, resolve
+
+
+def model_from_checkpoint(path) -> tuple[torch.nn.Module, dict]:
+    state = load_checkpoint(path)
+    model = create_model(state["model_name"], num_classes=state["num_classes"], in_chans=state["in_chans"],
+                         **state.get("model_options", {}))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CnnlabError(f"{resolve(path)} does not fit {state['model_name']} with {state['num_classes']} classes "
+                          f"({str(e).splitlines()[0]})") from None
+    return model.eval(), state
+
+
+def ten_crops(x: torch.Tensor, pad: int) -> list[torch.Tensor]:
+    """Four corner crops and the centre crop of the ``pad``-padded batch, and their mirror images."""
+    n, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    offsets = [(0, 0), (0, 2 * pad), (2 * pad, 0), (2 * pad, 2 * pad), (pad, pad)]
+    crops = [xp[:, :, dy:dy + h, dx:dx + w] for dy, dx in offsets]
+    return crops + [c_.flip(3) for c_ in crops]
+
+
+def tta_views(x: torch.Tensor, tta: str | None, pad: int) -> list[torch.Tensor]:
+    if tta is None or tta == "none":
+        return [x]
+    if tta == "flip":
+        return [x, x.flip(3)]
+    if tta == "crops10":
+        return ten_crops(x, pad)
+    raise CnnlabError(f"--tta must be flip or crops10, got {tta!r}")
+
+
+def probabilities(models: list[torch.nn.Module], x: torch.Tensor, tta: str | None, pad: int) -> torch.Tensor:
+    """Softmax averaged over the test-time views and over the models of an ensemble."""
+    total = 0
+    with torch.no_grad():
+        for m in models:
+            for v in tta_views(x, tta, pad):
+                total = total + F.softmax(m(v).float(), dim=1)
+    return total / (len(models) * len(tta_views(x[:1], tta, pad)))
+
+
+@dataclass
+class EvalReport:
+    classes: list[str]
+    confusion: torch.Tensor  # true x predicted counts
+    top5_correct: int
+    split: str
+    tta: str | None
+    models: int
+
+    @property
+    def n(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def top1(self) -> float:
+        return 100.0 * float(self.confusion.diag().sum()) / self.n
+
+    @property
+    def top5(self) -> float:
+        return 100.0 * self.top5_correct / self.n
+
+    @property
+    def per_class(self) -> list[float]:
+        rows = self.confusion.sum(1).clamp(min=1)
+        return (100.0 * self.confusion.diag() / rows).tolist()
+
+    def as_dict(self) -> dict:
+        return {"split": self.split, "images": self.n, "tta": self.tta, "models": self.models,
+                "top1": self.top1, "top5": self.top5,
+                "per_class": dict(zip(self.classes, self.per_class)), "confusion": self.confusion.tolist()}
+
+    def text(self) -> str:
+        what = f"{self.split} set, {self.n:,} images" + (f", TTA {self.tta}" if self.tta else "") + \
+               (f", ensemble of {self.models}" if self.models > 1 else "")
+        lines = [what, f"top-1 {self.top1:.2f}%   top-5 {self.top5:.2f}%", "", "per class:"]
+        width = max(len(c) for c in self.classes)
+        for c, acc, total in zip(self.classes, self.per_class, self.confusion.sum(1).tolist()):
+            lines.append(f"  {c:<{width}}  {acc:6.2f}%  of {total:,}")
+        if len(self.classes) <= 20:
+            cell = max(5, len(f"{int(self.confusion.max()):,}") + 1)
+            lines += ["", "confusion (rows: true class, columns: predicted):",
+                      " " * (width + 2) + "".join(f"{c[:cell - 1]:>{cell}}" for c in self.classes)]
+            for c, row in zip(self.classes, self.confusion.tolist()):
+                lines.append(f"  {c:<{width}}" + "".join(f"{v:>{cell},}" for v in row))
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: Path) -> None:
+        import os
+
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        k = len(self.classes)
+        fig, ax = plt.subplots(figsize=(1.5 + 0.45 * k, 1.2 + 0.45 * k))
+        ax.imshow(self.confusion.numpy(), cmap="Blues")
+        ax.set_xticks(range(k), self.classes, rotation=90), ax.set_yticks(range(k), self.classes)
+        ax.set_xlabel("predicted"), ax.set_ylabel("true")
+        ax.set_title(f"{self.split}: top-1 {self.top1:.2f}%")
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, int(self.confusion[i, j]), ha="center", va="center", fontsize=7)
+        fig.tight_layout()
+        tmp = Path(path).with_name("." + Path(path).name + ".tmp.png")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, path)
+
+
+def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = None, data_dir=None,
+             batch_size: int = 256) -> EvalReport:
+    from cnnlab.data.memory import Augment, MemoryLoader, load
+
+    if not checkpoints:
+        raise CnnlabError("give at least one run folder or checkpoint to evaluate")
+    pairs = [model_from_checkpoint(p) for p in checkpoints]
+    models = [m for m, _ in pairs]
+    state = pairs[0][1]
+    for _, s in pairs[1:]:
+        if s["classes"] != state["classes"]:
+            raise CnnlabError("the checkpoints of an ensemble must be trained on the same classes")
+    data = data or state["data"]
+    aug = Augment(**state["recipe"]["augment"])
+    pad = aug.crop_pad or 4
+    if data.startswith("folder:"):
+        return _evaluate_folder(models, state, data, tta, batch_size)
+    split = state.get("eval_split", "test")
+    ds = load(data, "test" if split == "test" else "train", data_dir)
+    if split == "val":
+        from cnnlab.data.memory import split_train_val
+        _, ds = split_train_val(ds, state["recipe"]["val_split"], state["config"]["seed"])
+    if ds.classes != state["classes"]:
+        raise CnnlabError(f"{data} has other classes than the checkpoint was trained on")
+    loader = MemoryLoader(ds, batch_size, False, aug)
+    k = len(ds.classes)
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    top5 = 0
+    for x, y in loader:
+        p = probabilities(models, x, tta, pad)
+        top = p.topk(min(5, k), 1).indices
+        top5 += int((top == y[:, None]).any(1).sum())
+        confusion += torch.bincount(y * k + top[:, 0], minlength=k * k).view(k, k)
+    return EvalReport(list(ds.classes), confusion, top5, ds.split, tta, len(models))
+
+
+def _evaluate_folder(models, state, data, tta, batch_size) -> EvalReport:
+    from cnnlab.data.folder import folder_datasets, folder_loader
+
+    size = state["input_size"][1]
+    _, evald, classes, split = folder_datasets(data.split(":", 1)[1], size, None, state["config"]["seed"],
+                                               state["in_chans"])
+    k = len(classes)
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    top5 = 0
+    for x, y in folder_loader(evald, batch_size, False, 0):
+        p = probabilities(models, x, tta, 16)
+        top = p.topk(min(5, k), 1).indices
+        top5 += int((top == y[:, None]).any(1).sum())
+        confusion += torch.bincount(y * k + top[:, 0], minlength=k * k).view(k, k)
+    return EvalReport(classes, confusion, top5, split, tta, len(models))
+
+
+def predict(checkpoint: str, images: list[str], k: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Top-k classes with probabilities for image files."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2 import functional as TF
+
+    from cnnlab.data.memory import pad_to, preprocess
+
+    model, state = model_from_checkpoint(checkpoint)
+    data = state["data"]
+    out = []
+    for path in images:
+        if not Path(path).is_file():
+            raise CnnlabError(f"image {path} does not exist")
+        try:
+            img = decode_image(str(path), mode=ImageReadMode.GRAY if state["in_chans"] == 1 else ImageReadMode.RGB)
+        except Exception as e:
+            raise CnnlabError(f"{path} is not an image torchvision can read ({e})") from None
+        if data.startswith("folder:"):
+            from cnnlab.data.folder import transforms
+            x = transforms(state["input_size"][1], False, state["in_chans"])(img)[None]
+        else:
+            from cnnlab.data.sources import spec
+            s = spec(data)
+            img = TF.resize(img, [s.size, s.size], antialias=True)
+            x = preprocess(pad_to(img[None], state["recipe"]["augment"]["pad_to"]), s.mean, s.std)
+        with torch.no_grad():
+            p = F.softmax(model(x).float(), 1)[0]
+        top = p.topk(min(k, p.numel()))
+        out.append((str(path), [(state["classes"][i], float(v)) for v, i in zip(top.values, top.indices)]))
+    return out

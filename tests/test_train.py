@@ -1,0 +1,207 @@
+"""The trainer on real MNIST: accuracy, run folder, exact resume after kill -9, atomic checkpoints, errors;
+evaluation metrics and test-time augmentation against hand-computed values."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab import CnnlabError
+from cnnlab.cli import main
+from cnnlab.train import TrainConfig, train
+from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.train.evaluate import EvalReport, probabilities, ten_crops
+
+FAST = dict(model="lenet5_modern", epochs=2, batch_size=256, lr=0.05, quiet=True, deterministic=True, seed=3)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """Two uninterrupted epochs of lenet5_modern on real MNIST, deterministic."""
+    out = tmp_path_factory.mktemp("ref")
+    result = train(TrainConfig(out=str(out), **FAST))
+    return out, result
+
+
+def test_short_real_mnist_run_reaches_98_percent(reference_run):
+    _, result = reference_run
+    assert result.best_top1 >= 98.0  # two epochs of the lecture's LeNet-5 on real MNIST
+
+
+def test_run_folder_holds_everything(reference_run):
+    out, _ = reference_run
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt",
+                                               "summary.md"}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["recipe"] == "lenet5_mnist" and cfg["recipe_settings"]["batch_size"] == 256  # flag over recipe
+    assert cfg["recipe_settings"]["optimizer"] == "nesterov" and cfg["eval_split"] == "test"
+    assert cfg["versions"]["torch"] == torch.__version__ and cfg["hardware"]["cpu_count"]
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [l for l in lines if l["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all(e["eval_split"] == "test" for e in epochs)
+    assert any(l["kind"] == "step" for l in lines)
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "lenet5_modern on mnist" in (out / "summary.md").read_text()
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 2 * (60_000 // 256)
+    assert {"model", "optimizer", "rng", "plateau", "history"} <= set(state)
+
+
+def _weights(run: Path) -> dict:
+    return load_checkpoint(run)["model"]
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(reference_run, tmp_path, monkeypatch):
+    ref, _ = reference_run
+    import cnnlab.train.trainer as trainer
+
+    def crash(*a, **k):  # the process dies right after the first epoch's checkpoint
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "write_curves", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path), **FAST))
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+    train(TrainConfig(model="lenet5_modern", resume=str(tmp_path), quiet=True))
+    a, b = _weights(ref), _weights(tmp_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    epochs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if json.loads(l)["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]  # nothing lost, nothing duplicated
+
+
+def test_kill_minus_9_mid_epoch_then_resume_equals_the_uninterrupted_run(reference_run, tmp_path):
+    ref, _ = reference_run
+    cmd = [sys.executable, "-m", "cnnlab", "train", "lenet5_modern", "--epochs", "2", "--batch-size", "256", "--lr", "0.05",
+           "--quiet", "--deterministic", "--seed", "3", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside the second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+    assert main(["train", "lenet5_modern", "--resume", str(tmp_path), "--quiet"]) == 0
+    a, b = _weights(ref), _weights(tmp_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def dying_save(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process is interrupted mid-write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import cnnlab.train.trainer as trainer
+
+    real, calls = trainer._loss, []
+
+    def diverging(out, y, smoothing):  # the loss turns to nan in the second epoch
+        loss, logits = real(out, y, smoothing)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) > 250 else loss), logits
+
+    monkeypatch.setattr(trainer, "_loss", diverging)
+    with pytest.raises(CnnlabError, match="the loss became nan at epoch 2.*last good checkpoint is kept"):
+        train(TrainConfig(out=str(tmp_path), **FAST))
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+    assert torch.isfinite(torch.cat([v.flatten().float() for v in load_checkpoint(tmp_path)["model"].values()])).all()
+
+
+def test_checkpoint_of_another_architecture_is_refused(reference_run, tmp_path):
+    ref, _ = reference_run
+    state = load_checkpoint(ref)
+    state["model_name"] = "lenet5"
+    save_checkpoint(state, tmp_path / "x.pt")
+    assert main(["eval", str(tmp_path / "x.pt")]) == 2
+
+
+def test_eval_and_predict_commands(reference_run, capsys, tmp_path):
+    ref, result = reference_run
+    assert main(["eval", str(ref), "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["top1"] == pytest.approx(result.final["eval_top1"]) and d["images"] == 10_000
+    assert sum(sum(r) for r in d["confusion"]) == 10_000 and len(d["per_class"]) == 10
+    assert main(["eval", str(ref), "--tta", "flip", "--ensemble", str(ref / "best.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "TTA flip" in out and "ensemble of 2" in out and (ref / "confusion-test-flip.png").exists()
+    from torchvision.io import write_png
+    from cnnlab.data import load
+    img = load("mnist", "test", data_dir="/nonexistent").images[0]  # a 7
+    write_png(img, str(tmp_path / "seven.png"))
+    assert main(["predict", str(ref), str(tmp_path / "seven.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[-1] == "7" and len(lines) == 6
+
+
+class Toy(nn.Module):
+    """Logits [s, -s] with s the mean of the left half minus the right half of the image."""
+
+    def forward(self, x):
+        s = x[..., : x.shape[-1] // 2].mean((1, 2, 3)) - x[..., x.shape[-1] // 2:].mean((1, 2, 3))
+        return torch.stack([s, -s], 1)
+
+
+def test_flip_tta_averages_the_softmax_of_both_views():
+    x = torch.zeros(1, 1, 2, 2)
+    x[..., 0] = 1.0  # left column bright: s = 1, flipped s = -1
+    p = probabilities([Toy()], x, "flip", pad=0)
+    e, ie = torch.tensor(1.0).exp(), torch.tensor(-1.0).exp()
+    first = torch.tensor([e * e, 1.0]) / (e * e + 1)  # softmax([1, -1])
+    torch.testing.assert_close(p[0], (first + first.flip(0)) / 2)
+    torch.testing.assert_close(probabilities([Toy(), Toy()], x, None, 0), probabilities([Toy()], x, None, 0))
+
+
+def test_ten_crops_are_corners_centre_and_mirrors():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    crops = ten_crops(x, pad=1)
+    assert len(crops) == 10 and all(c.shape == x.shape for c in crops)
+    assert torch.equal(crops[4], x)  # the centre crop of the padded image is the image
+    assert crops[0][0, 0, 0, 0] == 0 and crops[0][0, 0, 1, 1] == 0  # top-left: padding at the corner
+    assert crops[3][0, 0, -1, -1] == 0 and crops[3][0, 0, 0, 0] == 5  # bottom-right
+    assert torch.equal(crops[9], crops[4].flip(3))
+
+
+def test_report_metrics_from_a_hand_made_confusion_matrix():
+    conf = torch.tensor([[8, 2, 0], [1, 3, 1], [0, 0, 5]])
+    r = EvalReport(["a", "b", "c"], conf, top5_correct=20, split="test", tta=None, models=1)
+    assert r.n == 20 and r.top1 == pytest.approx(80.0) and r.top5 == pytest.approx(100.0)
+    assert r.per_class == pytest.approx([80.0, 60.0, 100.0])
+    assert "top-1 80.00%" in r.text()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "lenet7"], "unknown model 'lenet7'"),
+    (["train", "lenet5", "--data", "mnsit"], "unknown dataset 'mnsit'"),
+    (["train", "lenet5", "--recipe", "nope"], "unknown recipe 'nope'"),
+    (["train", "lenet5", "--lr", "-1"], "must be positive"),
+    (["train", "alexnet", "--epochs", "1"], "pass --data folder:PATH"),
+    (["train", "lenet5", "--data", "fashion_mnist", "--data-dir", "/nonexistent"], "missing"),
+    (["eval", "/nonexistent/run"], "no checkpoint at"),
+    (["predict", "/nonexistent/run", "x.png"], "no checkpoint at"),
+])
+def test_training_mistakes_exit_2(capsys, argv, message, tmp_path):
+    code = main(argv + ["--out", str(tmp_path)] if argv[0] == "train" else argv)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
