@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnlab
-from cnnlab.train.trainer import cpu_has_bf16, resolve_precision
+from cnnlab.train.trainer import cpu_has_amx, cpu_has_bf16, resolve_precision
 
 
 def timed(fn, runs: int) -> list[float]:
@@ -82,7 +82,7 @@ def main() -> None:
     args = p.parse_args()
     print(f"# training images/s, batch {args.batch}, median of {args.runs} x {args.steps} steps (min-max)")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, bf16 kernels: {cpu_has_bf16()}, Python {sys.version.split()[0]}")
+          f"{torch.get_num_threads()} threads, bf16 kernels: {cpu_has_bf16()}, AMX: {cpu_has_amx()}, Python {sys.version.split()[0]}")
     peaks = {"fp32": peak_gflops(False, False, 3), "bf16": peak_gflops(True, True, 3) if cpu_has_bf16() else None}
     print(f"# measured peak conv throughput: fp32 {peaks['fp32']:.0f} GFLOP/s"
           + (f", bf16 channels-last {peaks['bf16']:.0f} GFLOP/s" if peaks["bf16"] else ""))

@@ -87,9 +87,19 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def cpu_has_amx() -> bool:
+    """Whether the CPU has AMX bf16 tiles (Linux: the amx_bf16 flag in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
 def resolve_precision(precision: str, device: torch.device, macs_per_image: int) -> str:
-    """'auto': on CUDA bf16 where supported, else fp16; on CPU bf16 only for networks big enough that the
-    bf16 kernels pay (measured in benchmarks/throughput.py: LeNet-5 is faster in fp32, vgg_cifar in bf16)."""
+    """'auto': on CUDA bf16 where supported, else fp16. On CPU bf16 (with channels-last) only where AMX tiles
+    make it pay and the network is big enough: benchmarks/throughput.py measured bf16 convolutions 0.7x the
+    speed of fp32 on an AVX-512-bf16 CPU without AMX, and LeNet-5 no faster in bf16 anywhere."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise CnnlabError(f"--precision must be fp32, bf16, fp16 or auto, got {precision!r}")
     if precision != "auto":
@@ -98,7 +108,7 @@ def resolve_precision(precision: str, device: torch.device, macs_per_image: int)
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if (cpu_has_bf16() and macs_per_image >= 50_000_000) else "fp32"
+    return "bf16" if (cpu_has_amx() and macs_per_image >= 50_000_000) else "fp32"
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -398,9 +408,7 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if rec.get("epoch", 0) <= epoch and not (rec.get("kind") == "step" and rec["epoch"] > epoch):
-            if rec.get("kind") == "step" and rec["epoch"] == epoch + 1:
-                continue
+        if rec.get("epoch", 0) <= epoch:  # epoch lines and the step lines of completed epochs
             kept.append(line)
     atomic_write_text(path, "".join(k + "\n" for k in kept))
 
