@@ -94,3 +94,17 @@ def test_python_dash_m_behaves_like_the_console_script():
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
     bad = subprocess.run([sys.executable, "-m", "cnnlab", "summary", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "unknown model 'nope'" in bad.stderr
+
+
+def test_recipes_and_data_commands(capsys, tmp_path):
+    code, out, _ = run(capsys, "recipes")
+    assert code == 0 and all(r in out for r in ("lenet5_mnist", "alexnet_imagenet", "vgg_imagenet", "vgg_cifar"))
+    assert "weight decay 0.0005" in out and "Krizhevsky et al. 2012" in out
+    code, out, _ = run(capsys, "data", "verify", "mnist", "--data-dir", str(tmp_path))
+    assert code == 0 and out.count(" ok ") == 4
+    code, out, _ = run(capsys, "data", "list", "--data-dir", str(tmp_path))
+    assert code == 0 and out.startswith("mnist") and "4/4 files" in out.splitlines()[0]
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not the real file")
+    code, out, err = run(capsys, "data", "verify", "mnist", "--data-dir", str(tmp_path))
+    assert code == 2 and "corrupt" in out and "missing or corrupt" in err

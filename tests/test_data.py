@@ -212,3 +212,27 @@ def test_folder_dataset_with_train_and_val():
     assert len(classes) == 10 and len(train) == 300 and len(val) == 100 and split == "val"
     x, y = val[0]
     assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+
+
+def test_download_checks_the_md5_and_moves_files_into_place(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    fetched = []
+
+    def fake_download(url, root, filename=None, md5=None):  # a mirror that serves the official bytes
+        src = EMBEDDED / "mnist" / filename
+        shutil.copy(src, Path(root) / filename)
+        fetched.append(url)
+        if md5 and md5sum(Path(root) / filename) != md5:
+            raise RuntimeError("File not found or corrupted.")
+
+    monkeypatch.setattr(tvu, "download_url", fake_download)
+    from cnnlab.data.sources import require
+    paths = require(spec("mnist"), data_dir=tmp_path, download=True)
+    assert all(EMBEDDED in p.parents for p in paths.values()) and not fetched  # mnist ships in the package
+    # fashion-mnist: the "mirror" serves MNIST's bytes, which fail fashion-mnist's checksums
+    with pytest.raises(CnnlabError, match="could not download fashion_mnist"):
+        require(spec("fashion_mnist"), data_dir=tmp_path, download=True)
+    assert fetched and fetched[0].startswith("http://fashion-mnist")
+    assert not any((tmp_path / "fashion-mnist").glob("*.gz"))  # nothing half-written left behind
+    assert not any((tmp_path / "fashion-mnist").glob(".download-*"))

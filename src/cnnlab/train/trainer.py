@@ -13,6 +13,8 @@ Checkpoints are written at the end of every epoch. ``--resume`` restarts from th
 was running when the process died is run again from its start with the same data order, augmentation and
 dropout draws, so on CPU in deterministic mode a resumed run ends with exactly the weights of an
 uninterrupted one. metrics.jsonl keeps only lines up to the checkpoint's epoch when a run resumes.
+Image-folder runs resume at the same epoch boundary, but their DataLoader workers' augmentation is not
+replayed draw for draw.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cnnlab.analysis.summary import summary
 from cnnlab.data.memory import MemoryLoader, load, split_train_val
 from cnnlab.errors import CnnlabError
 from cnnlab.models.registry import create_model, model_card
@@ -207,6 +210,15 @@ def _progress(quiet: bool):
 
 
 def train(cfg: TrainConfig) -> RunResult:
+    """Train as configured; the process-wide determinism switch is restored afterwards."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(cfg)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(cfg: TrainConfig) -> RunResult:
     started = time.time()
     resume_state = None
     if cfg.resume:
@@ -233,14 +245,13 @@ def train(cfg: TrainConfig) -> RunResult:
 
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     device = resolve_device(cfg.device)
     card = model_card(cfg.model)
 
     with torch.device("meta"):
         probe = create_model(cfg.model, **cfg.model_options)
-    from cnnlab.analysis.summary import summary
     macs = summary(probe, card.input_size).total_macs
     precision = "fp32" if cfg.deterministic and cfg.precision == "auto" else resolve_precision(cfg.precision, device, macs)
     channels_last = cfg.channels_last if cfg.channels_last is not None else precision != "fp32"
@@ -334,10 +345,18 @@ def train(cfg: TrainConfig) -> RunResult:
             lr = recipe.lr * recipe.lr_factor(step, steps_per_epoch, total_steps) * plateau["factor"]
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            with autocast():
-                out = step_model(x)
-                loss, logits = _loss(out, y, recipe.label_smoothing)
-            value = loss.item()
+            try:
+                with autocast():
+                    out = step_model(x)
+                    loss, logits = _loss(out, y, recipe.label_smoothing)
+                value = loss.item()
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if not _out_of_memory(e):
+                    raise
+                if progress:
+                    progress.stop()
+                raise CnnlabError(f"a batch of {recipe.batch_size} images of {cfg.model} does not fit in "
+                                  f"{device.type.upper()} memory; lower --batch-size") from None
             if not math.isfinite(value):
                 if progress:
                     progress.stop()
@@ -396,6 +415,12 @@ def train(cfg: TrainConfig) -> RunResult:
     write_summary(run_dir, resolved, history, best_top1, seconds)
     say(f"done: best {eval_name} top-1 {best_top1:.2f}% in {seconds:.1f}s; run folder {run_dir}")
     return RunResult(run_dir, recipe.epochs, best_top1, final, seconds)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text \
+        or "not enough memory" in text
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
