@@ -83,9 +83,10 @@ def test_kill_minus_9_mid_epoch_then_resume_equals_the_uninterrupted_run(referen
     cmd = [sys.executable, "-m", "cnnlab", "train", "lenet5_modern", "--epochs", "2", "--batch-size", "256", "--lr", "0.05",
            "--quiet", "--deterministic", "--seed", "3", "--out", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (tmp_path / "last.pt").exists() and time.time() < deadline:
+    deadline = time.time() + 600  # generous: a loaded machine may be slow
+    while not (tmp_path / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    assert (tmp_path / "last.pt").exists(), "the first epoch's checkpoint never appeared"
     time.sleep(1.0)  # well inside the second epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from cnnlab.data.readers import read_cifar_batch, read_cifar_meta, read_idx, read_jpeg_tar
 from cnnlab.data.sources import EMBEDDED, DatasetSpec, cache_root, md5sum, require, spec
 from cnnlab.errors import CnnlabError
+from cnnlab.fileio import atomic_save
 
 CACHE_VERSION = 1
 
@@ -102,23 +102,6 @@ def load(name: str, split: str = "train", data_dir=None, download: bool = False)
     images, labels, classes = _decode(s, split, paths)
     atomic_save({"key": key, "images": images, "labels": labels, "classes": classes}, cache)
     return ArrayDataset(name, split, images, labels, classes, s.mean, s.std)
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def split_train_val(ds: ArrayDataset, fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torchvision.datasets as tvd
 
 from cnnlab.errors import CnnlabError
+from cnnlab.fileio import atomic_open
 
 EMBEDDED = Path(__file__).parent / "embedded"
 
@@ -234,9 +235,5 @@ def _download(download_url, f: FileSpec, tmp: Path) -> None:
 
 
 def _move(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".part")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dst)
+    with atomic_open(dst) as out, open(src, "rb") as f:
+        shutil.copyfileobj(f, out)

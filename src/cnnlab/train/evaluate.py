@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import CnnlabError
+from cnnlab.fileio import atomic_savefig
 from cnnlab.models.registry import create_model
 from cnnlab.train.checkpoint import load_checkpoint, resolve
 
@@ -103,8 +104,6 @@ class EvalReport:
         return "\n".join(lines) + "\n"
 
     def plot(self, path: Path) -> None:
-        import os
-
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -120,10 +119,8 @@ class EvalReport:
                 for j in range(k):
                     ax.text(j, i, int(self.confusion[i, j]), ha="center", va="center", fontsize=7)
         fig.tight_layout()
-        tmp = Path(path).with_name("." + Path(path).name + ".tmp.png")
-        fig.savefig(tmp, dpi=100)
+        atomic_savefig(fig, path, dpi=100)
         plt.close(fig)
-        os.replace(tmp, path)
 
 
 def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = None, data_dir=None,

@@ -37,7 +37,8 @@ from cnnlab.analysis.summary import summary
 from cnnlab.data.memory import MemoryLoader, load, split_train_val
 from cnnlab.errors import CnnlabError
 from cnnlab.models.registry import create_model, model_card
-from cnnlab.train.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from cnnlab.fileio import atomic_savefig, atomic_write_text
+from cnnlab.train.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from cnnlab.train.recipes import Recipe, get_recipe, override, recipe_for
 
 
@@ -452,10 +453,8 @@ def write_curves(history: list[dict], path: Path) -> None:
     b.plot(epochs, [h["eval_top1"] for h in history], "o-", label=f"{history[-1]['eval_split']} top-1")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy %"), b.legend(), b.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_summary(run_dir: Path, cfg: dict, history: list[dict], best: float, seconds: float) -> None:
