@@ -236,7 +236,8 @@ def _recipes(args) -> str:
                   f"  data {r.data}; {r.epochs} epochs, batch {r.batch_size}, {r.optimizer} lr {r.lr}"
                   f"{f' momentum {r.momentum}' if r.optimizer in ('sgd', 'nesterov', 'rmsprop') else ''}, "
                   f"weight decay {r.weight_decay}, schedule {sched}"
-                  f"{f', label smoothing {r.label_smoothing}' if r.label_smoothing else ''}; augmentation {aug}",
+                  f"{f', label smoothing {r.label_smoothing}' if r.label_smoothing else ''}"
+                  f"{f', gradient norm clipped at {r.clip_grad_norm}' if r.clip_grad_norm else ''}; augmentation {aug}",
                   f"  source: {r.source}"] + ([f"  note: {r.note}"] if r.note else []) + [""]
     return "\n".join(lines)
 

@@ -32,6 +32,7 @@ class Recipe:
     warmup_epochs: float = 0.0
     patience: int = 2  # "plateau": epochs without improvement before dividing
     label_smoothing: float = 0.0
+    clip_grad_norm: float = 0.0  # 0: no clipping
     augment: Augment = field(default_factory=Augment)
     val_split: float = 0.0
     note: str = ""

@@ -254,7 +254,8 @@ def _train(cfg: TrainConfig) -> RunResult:
     with torch.device("meta"):
         probe = create_model(cfg.model, **cfg.model_options)
     macs = summary(probe, card.input_size).total_macs
-    precision = "fp32" if cfg.deterministic and cfg.precision == "auto" else resolve_precision(cfg.precision, device, macs)
+    precision = ("fp32" if cfg.deterministic and cfg.precision == "auto"
+                 else resolve_precision(cfg.precision, device, macs))
     channels_last = cfg.channels_last if cfg.channels_last is not None else precision != "fp32"
 
     train_loader, eval_loader, classes, eval_name, channels = make_data(
@@ -269,8 +270,13 @@ def _train(cfg: TrainConfig) -> RunResult:
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     step_model = torch.compile(model) if cfg.compile else model
 
-    run_dir = Path(cfg.out) if cfg.out else Path(cfg.resume).parent if (cfg.resume and Path(cfg.resume).is_file()) \
-        else Path(cfg.resume) if cfg.resume else Path("runs") / f"{cfg.model}-{data.replace(':', '_').replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}"
+    if cfg.out:
+        run_dir = Path(cfg.out)
+    elif cfg.resume:
+        run_dir = Path(cfg.resume).parent if Path(cfg.resume).is_file() else Path(cfg.resume)
+    else:
+        tag = data.replace(":", "_").replace("/", "_")
+        run_dir = Path("runs") / f"{cfg.model}-{tag}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)
 
     steps_per_epoch = len(train_loader)
@@ -279,8 +285,12 @@ def _train(cfg: TrainConfig) -> RunResult:
     if resume_state is not None:
         if resume_state["classes"] != list(classes):
             raise CnnlabError("the checkpoint was trained on other classes than this data; resume with its own --data")
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
+        try:
+            model.load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+        except (RuntimeError, ValueError) as e:
+            raise CnnlabError(f"{cfg.resume} does not fit {cfg.model} with {len(classes)} classes "
+                              f"({str(e).splitlines()[0]})") from None
         if resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
         torch.set_rng_state(resume_state["rng"]["torch"])
@@ -308,8 +318,8 @@ def _train(cfg: TrainConfig) -> RunResult:
     def checkpoint_state(epoch: int) -> dict:
         return {
             "model_name": cfg.model, "model_options": cfg.model_options, "num_classes": len(classes),
-            "in_chans": channels, "input_size": list(card.input_size), "classes": list(classes), "data": data, "config": asdict(cfg),
-            "recipe": recipe.as_dict(), "eval_split": eval_name, "precision": precision,
+            "in_chans": channels, "input_size": list(card.input_size), "classes": list(classes), "data": data,
+            "config": asdict(cfg), "recipe": recipe.as_dict(), "eval_split": eval_name, "precision": precision,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "plateau": plateau, "epoch": epoch, "step": step, "best_top1": best_top1, "history": history,
@@ -319,8 +329,8 @@ def _train(cfg: TrainConfig) -> RunResult:
 
     say = (lambda *a: None) if cfg.quiet else print
     if start_epoch == 0:
-        say(f"training {cfg.model} on {data} (evaluating on the {eval_name} set) with recipe {recipe.name}: {recipe.epochs} epochs, batch "
-            f"{recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, {precision}"
+        say(f"training {cfg.model} on {data} (evaluating on the {eval_name} set) with recipe {recipe.name}: "
+            f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, {precision}"
             f"{' channels-last' if channels_last else ''} on {device}; run folder {run_dir}")
     else:
         say(f"resuming {run_dir} after epoch {start_epoch} of {recipe.epochs}")
@@ -369,6 +379,9 @@ def _train(cfg: TrainConfig) -> RunResult:
                     f"checkpoint. Lower --lr (now {recipe.lr}) and start again")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if recipe.clip_grad_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             step += 1
