@@ -2,7 +2,6 @@
 evaluation metrics and test-time augmentation against hand-computed values."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -168,7 +167,7 @@ def test_flip_tta_averages_the_softmax_of_both_views():
     x = torch.zeros(1, 1, 2, 2)
     x[..., 0] = 1.0  # left column bright: s = 1, flipped s = -1
     p = probabilities([Toy()], x, "flip", pad=0)
-    e, ie = torch.tensor(1.0).exp(), torch.tensor(-1.0).exp()
+    e = torch.tensor(1.0).exp()
     first = torch.tensor([e * e, 1.0]) / (e * e + 1)  # softmax([1, -1])
     torch.testing.assert_close(p[0], (first + first.flip(0)) / 2)
     torch.testing.assert_close(probabilities([Toy(), Toy()], x, None, 0), probabilities([Toy()], x, None, 0))

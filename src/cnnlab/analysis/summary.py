@@ -271,7 +271,6 @@ class _Recorder(TorchDispatchMode):
         self.suppress = 0
         self.untracked: dict[str, None] = {}
         self.last_spatial: tuple[RF, str | None] | None = None
-        self.handles: list = []
 
     # -- module hooks ----------------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args):

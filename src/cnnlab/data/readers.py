@@ -4,7 +4,6 @@ unpickler that accepts only the handful of types those files contain, after thei
 from __future__ import annotations
 
 import gzip
-import io
 import pickle
 import tarfile
 from pathlib import Path

@@ -27,13 +27,6 @@ class Paper:
     year: int
     url: str
 
-    @property
-    def short(self) -> str:
-        first = self.authors.split(",")[0].split(" and ")[0].strip()
-        surname = first.split()[-1]
-        more = " et al." if ("," in self.authors or " and " in self.authors) else ""
-        return f"{surname}{more} {self.year}"
-
 
 # What a figure measures; the fidelity report and cards print these words.
 METRICS = {

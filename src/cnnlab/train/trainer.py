@@ -125,8 +125,8 @@ def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, v
 
         path = data.split(":", 1)[1]
         if path in ("", "imagenet"):
-            raise CnnlabError(f"this recipe trains on an image folder: pass --data folder:PATH "
-                              f"(PATH/<class>/*.jpg, or PATH/train and PATH/val)")
+            raise CnnlabError("this recipe trains on an image folder: pass --data folder:PATH "
+                              "(PATH/<class>/*.jpg, or PATH/train and PATH/val)")
         train, evald, classes, eval_name = folder_datasets(path, input_size[1], val_split or None, seed,
                                                            input_size[0])
         return (folder_loader(train, batch_size, True, seed), folder_loader(evald, batch_size, False, seed),
