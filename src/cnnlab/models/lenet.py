@@ -225,7 +225,7 @@ MNIST_NOTE = "MNIST test set, 28x28 digits padded to 32x32"
     paper=PAPER, input_size=(1, 32, 32), num_classes=10,
     summary="LeNet-5 as published: trainable subsampling, partial C3, scaled tanh, RBF output",
     figures=(
-        Figure("params", 60_000, "LeCun et al. 1998, Sec. II.B: 60,000 trainable free parameters"),
+        Figure("params", 60_000, "LeCun et al. 1998: 60,000 trainable free parameters"),
         Figure("test_err", 0.95, "LeCun et al. 1998, Sec. III.C: LeNet-5 without distortions", 0.01,
                MNIST_NOTE),
     ),

@@ -17,7 +17,7 @@ Departures from the paper, and why:
 * "Contrast normalized across feature maps" is implemented as AlexNet's local response normalisation with
   AlexNet's constants (k=2, n=5, alpha=1e-4, beta=0.75); the paper gives no constants.
 * The renormalisation of conv1 filters whose RMS exceeds 0.1 (Sec. 3) is a training procedure, not part
-  of the architecture; the trainer's recipe carries it.
+  of the architecture; cnnlab's trainer does not implement it yet.
 """
 
 from __future__ import annotations
