@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from cnnlab.train.trainer import hardware
 
 
 def cnnlab_run(model: str, max_epochs: int, seed: int) -> tuple[float, int | None]:
@@ -96,8 +95,7 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=12)
     args = p.parse_args()
     print(f"# MNIST time to 99.0% test accuracy, {args.model}, {args.runs} runs each, interleaved")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, Python {sys.version.split()[0]}")
+    print("# " + ", ".join(f"{k} {v}" for k, v in hardware().items()))
     ours, plain = [], []
     for i in range(args.runs):
         ours.append(cnnlab_run(args.model, args.max_epochs, seed=i))

@@ -13,10 +13,7 @@ Each figure is the median of --runs timings of --steps steps, with min-max sprea
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import sys
 import time
 from contextlib import nullcontext
 
@@ -24,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnlab
-from cnnlab.train.trainer import cpu_has_amx, cpu_has_bf16, resolve_precision
+from cnnlab.train.trainer import cpu_has_bf16, hardware, resolve_precision
 
 
 def timed(fn, runs: int) -> list[float]:
@@ -81,8 +78,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     args = p.parse_args()
     print(f"# training images/s, batch {args.batch}, median of {args.runs} x {args.steps} steps (min-max)")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, bf16 kernels: {cpu_has_bf16()}, AMX: {cpu_has_amx()}, Python {sys.version.split()[0]}")
+    print("# " + ", ".join(f"{k} {v}" for k, v in hardware().items()))
     peaks = {"fp32": peak_gflops(False, False, 3), "bf16": peak_gflops(True, True, 3) if cpu_has_bf16() else None}
     print(f"# measured peak conv throughput: fp32 {peaks['fp32']:.0f} GFLOP/s"
           + (f", bf16 channels-last {peaks['bf16']:.0f} GFLOP/s" if peaks["bf16"] else ""))

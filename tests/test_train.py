@@ -146,6 +146,11 @@ def test_eval_and_predict_commands(reference_run, capsys, tmp_path):
     assert main(["eval", str(ref), "--tta", "flip", "--ensemble", str(ref / "best.pt")]) == 0
     out = capsys.readouterr().out
     assert "TTA flip" in out and "ensemble of 2" in out and (ref / "confusion-test-flip.png").exists()
+    assert main(["eval", str(ref), "--tta", "crops10", "--format", "json"]) == 0
+    crops = json.loads(capsys.readouterr().out)
+    # half the ten views are mirror images, which cost accuracy on digits (as flip averaging does); a wrong
+    # crop geometry (crops from the padding, misaligned views) would cost far more
+    assert crops["tta"] == "crops10" and d["top1"] - 6 < crops["top1"] <= d["top1"]
     from torchvision.io import write_png
     from cnnlab.data import load
     img = load("mnist", "test", data_dir="/nonexistent").images[0]  # a 7
@@ -166,16 +171,16 @@ class Toy(nn.Module):
 def test_flip_tta_averages_the_softmax_of_both_views():
     x = torch.zeros(1, 1, 2, 2)
     x[..., 0] = 1.0  # left column bright: s = 1, flipped s = -1
-    p = probabilities([Toy()], x, "flip", pad=0)
+    p = probabilities([Toy()], x, "flip", 2)
     e = torch.tensor(1.0).exp()
     first = torch.tensor([e * e, 1.0]) / (e * e + 1)  # softmax([1, -1])
     torch.testing.assert_close(p[0], (first + first.flip(0)) / 2)
-    torch.testing.assert_close(probabilities([Toy(), Toy()], x, None, 0), probabilities([Toy()], x, None, 0))
+    torch.testing.assert_close(probabilities([Toy(), Toy()], x, None, 2), probabilities([Toy()], x, None, 2))
 
 
 def test_ten_crops_are_corners_centre_and_mirrors():
     x = torch.arange(16.0).view(1, 1, 4, 4)
-    crops = ten_crops(x, pad=1)
+    crops = ten_crops(torch.nn.functional.pad(x, (1, 1, 1, 1)), 4)
     assert len(crops) == 10 and all(c.shape == x.shape for c in crops)
     assert torch.equal(crops[4], x)  # the centre crop of the padded image is the image
     assert crops[0][0, 0, 0, 0] == 0 and crops[0][0, 0, 1, 1] == 0  # top-left: padding at the corner

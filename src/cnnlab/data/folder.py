@@ -28,14 +28,16 @@ def _check_classes(root: Path) -> list[str]:
     return classes
 
 
-def transforms(size: int, train: bool, channels: int = 3):
+def transforms(size: int, train: bool, channels: int = 3, crops10: bool = False):
+    """``crops10``: keep the whole resized square (size / 0.875) so ten crops of ``size`` can be cut from it."""
     from torchvision.transforms import v2
 
     ops = [v2.ToImage()]
     if train:
         ops += [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
     else:
-        ops += [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+        big = round(size / 0.875)
+        ops += [v2.Resize(big, antialias=True), v2.CenterCrop(big if crops10 else size)]
     if channels == 1:
         ops.append(v2.Grayscale())
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
@@ -43,7 +45,8 @@ def transforms(size: int, train: bool, channels: int = 3):
     return v2.Compose(ops)
 
 
-def folder_datasets(path: str, size: int, val_split: float | None, seed: int, channels: int = 3):
+def folder_datasets(path: str, size: int, val_split: float | None, seed: int, channels: int = 3,
+                    crops10: bool = False):
     """(train, eval, classes, eval split name)."""
     from torchvision.datasets import ImageFolder
 
@@ -59,11 +62,12 @@ def folder_datasets(path: str, size: int, val_split: float | None, seed: int, ch
                               f"and use --val-split")
         if _check_classes(evald) != classes:
             raise CnnlabError(f"{evald} and {root / 'train'} have different class folders")
-        return train, ImageFolder(str(evald), transform=transforms(size, False, channels)), classes, evald.name
+        return (train, ImageFolder(str(evald), transform=transforms(size, False, channels, crops10)), classes,
+                evald.name)
     classes = _check_classes(root)
     fraction = val_split or 0.2
     full_train = ImageFolder(str(root), transform=transforms(size, True, channels))
-    full_eval = ImageFolder(str(root), transform=transforms(size, False, channels))
+    full_eval = ImageFolder(str(root), transform=transforms(size, False, channels, crops10))
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(full_train), generator=g).tolist()
     n_val = max(1, round(len(perm) * fraction))

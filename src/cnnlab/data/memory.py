@@ -197,7 +197,6 @@ class MemoryLoader:
     channels_last: bool = False
     epoch: int = 0
     start_batch: int = 0  # resume inside an epoch
-    shard: tuple[int, int] = (0, 1)  # (rank, world size): each rank takes every world-th batch element
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -220,10 +219,8 @@ class MemoryLoader:
 
     def __iter__(self):
         order = self.order(self.epoch)
-        rank, world = self.shard
         for b in range(self.start_batch, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            idx = idx[rank::world]
             x = pad_to(self.ds.images[idx], self.aug.pad_to)
             if self.train:
                 x = augment_batch(x, self.aug, _rng(self.seed, self.epoch, b + 1))

@@ -28,33 +28,46 @@ def model_from_checkpoint(path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), state
 
 
-def ten_crops(x: torch.Tensor, pad: int) -> list[torch.Tensor]:
-    """Four corner crops and the centre crop of the ``pad``-padded batch, and their mirror images."""
-    n, c, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad))
-    offsets = [(0, 0), (0, 2 * pad), (2 * pad, 0), (2 * pad, 2 * pad), (pad, pad)]
-    crops = [xp[:, :, dy:dy + h, dx:dx + w] for dy, dx in offsets]
+def ten_crops(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The four corner crops and the centre crop of ``size`` x ``size`` from a larger batch, and their mirror
+    images (Krizhevsky et al. 2012, Sec. 4.1)."""
+    h, w = x.shape[-2:]
+    offsets = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), ((h - size) // 2, (w - size) // 2)]
+    crops = [x[..., dy:dy + size, dx:dx + size] for dy, dx in offsets]
     return crops + [c_.flip(3) for c_ in crops]
 
 
-def tta_views(x: torch.Tensor, tta: str | None, pad: int) -> list[torch.Tensor]:
+def tta_views(x: torch.Tensor, tta: str | None, size: int) -> list[torch.Tensor]:
+    """The views averaged at test time; for "crops10" ``x`` is larger than the network's ``size``."""
     if tta is None or tta == "none":
         return [x]
     if tta == "flip":
         return [x, x.flip(3)]
     if tta == "crops10":
-        return ten_crops(x, pad)
+        return ten_crops(x, size)
     raise CnnlabError(f"--tta must be flip or crops10, got {tta!r}")
 
 
-def probabilities(models: list[torch.nn.Module], x: torch.Tensor, tta: str | None, pad: int) -> torch.Tensor:
+def probabilities(models: list[torch.nn.Module], x: torch.Tensor, tta: str | None, size: int) -> torch.Tensor:
     """Softmax averaged over the test-time views and over the models of an ensemble."""
-    total = 0
+    total, count = 0, 0
     with torch.no_grad():
         for m in models:
-            for v in tta_views(x, tta, pad):
+            for v in tta_views(x, tta, size):
                 total = total + F.softmax(m(v).float(), dim=1)
-    return total / (len(models) * len(tta_views(x[:1], tta, pad)))
+                count += 1
+    return total / count
+
+
+def _score(models, batches, tta: str | None, size: int, k: int) -> tuple[torch.Tensor, int]:
+    """Confusion matrix (true x predicted) and top-5 hits over (images, labels) batches."""
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    top5 = 0
+    for x, y in batches:
+        top = probabilities(models, x, tta, size).topk(min(5, k), 1).indices
+        top5 += int((top == y[:, None]).any(1).sum())
+        confusion += torch.bincount(y * k + top[:, 0], minlength=k * k).view(k, k)
+    return confusion, top5
 
 
 @dataclass
@@ -125,7 +138,7 @@ class EvalReport:
 
 def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = None, data_dir=None,
              batch_size: int = 256) -> EvalReport:
-    from cnnlab.data.memory import Augment, MemoryLoader, load
+    from cnnlab.data.memory import Augment, MemoryLoader, load, preprocess
 
     if not checkpoints:
         raise CnnlabError("give at least one run folder or checkpoint to evaluate")
@@ -137,7 +150,6 @@ def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = 
             raise CnnlabError("the checkpoints of an ensemble must be trained on the same classes")
     data = data or state["data"]
     aug = Augment(**state["recipe"]["augment"])
-    pad = aug.crop_pad or 4
     if data.startswith("folder:"):
         return _evaluate_folder(models, state, data, tta, batch_size)
     split = state.get("eval_split", "test")
@@ -148,14 +160,15 @@ def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = 
     if ds.classes != state["classes"]:
         raise CnnlabError(f"{data} has other classes than the checkpoint was trained on")
     loader = MemoryLoader(ds, batch_size, False, aug)
-    k = len(ds.classes)
-    confusion = torch.zeros(k, k, dtype=torch.long)
-    top5 = 0
-    for x, y in loader:
-        p = probabilities(models, x, tta, pad)
-        top = p.topk(min(5, k), 1).indices
-        top5 += int((top == y[:, None]).any(1).sum())
-        confusion += torch.bincount(y * k + top[:, 0], minlength=k * k).view(k, k)
+    size = ds.images.shape[-1] if not aug.pad_to else max(aug.pad_to, ds.images.shape[-1])
+    pad = aug.crop_pad or 4  # ten crops of the image padded with black, as the training crops are
+    black = preprocess(torch.zeros(1, ds.channels, 1, 1, dtype=torch.uint8), ds.mean, ds.std)
+
+    def batches():
+        for x, y in loader:
+            yield (F.pad(x - black, (pad,) * 4) + black if tta == "crops10" else x), y
+
+    confusion, top5 = _score(models, batches(), tta, size, len(ds.classes))
     return EvalReport(list(ds.classes), confusion, top5, ds.split, tta, len(models))
 
 
@@ -163,16 +176,10 @@ def _evaluate_folder(models, state, data, tta, batch_size) -> EvalReport:
     from cnnlab.data.folder import folder_datasets, folder_loader
 
     size = state["input_size"][1]
+    # ten crops come from the resized image (size / 0.875), not from a centre crop
     _, evald, classes, split = folder_datasets(data.split(":", 1)[1], size, None, state["config"]["seed"],
-                                               state["in_chans"])
-    k = len(classes)
-    confusion = torch.zeros(k, k, dtype=torch.long)
-    top5 = 0
-    for x, y in folder_loader(evald, batch_size, False, 0):
-        p = probabilities(models, x, tta, 16)
-        top = p.topk(min(5, k), 1).indices
-        top5 += int((top == y[:, None]).any(1).sum())
-        confusion += torch.bincount(y * k + top[:, 0], minlength=k * k).view(k, k)
+                                               state["in_chans"], crops10=tta == "crops10")
+    confusion, top5 = _score(models, folder_loader(evald, batch_size, False, 0), tta, size, len(classes))
     return EvalReport(classes, confusion, top5, split, tta, len(models))
 
 

@@ -190,13 +190,15 @@ def evaluate_loader(model, loader, device, autocast) -> dict:
     return {"loss": loss_sum / total, "top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
 
 
-def _hardware(device: torch.device) -> dict:
-    hw = {"platform": platform.platform(), "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
+def hardware(device: torch.device = torch.device("cpu")) -> dict:
+    """What a result was measured on (run folders and benchmarks both record it)."""
+    hw = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+          "python": sys.version.split()[0], "torch": torch.__version__, "cpu_count": os.cpu_count(),
           "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
     else:
-        hw["cpu_bf16"] = cpu_has_bf16()
+        hw["cpu_bf16"], hw["cpu_amx"] = cpu_has_bf16(), cpu_has_amx()
     return hw
 
 
@@ -305,7 +307,7 @@ def _train(cfg: TrainConfig) -> RunResult:
         "precision": precision, "channels_last": channels_last, "eval_split": eval_name,
         "classes": list(classes), "steps_per_epoch": steps_per_epoch, "macs_per_image": macs,
         "versions": {"cnnlab": _version(), "torch": torch.__version__, "torchvision": _tv_version()},
-        "hardware": _hardware(device),
+        "hardware": hardware(device),
     }
     atomic_write_json(run_dir / "config.json", resolved)
     metrics_path = run_dir / "metrics.jsonl"
@@ -339,8 +341,6 @@ def _train(cfg: TrainConfig) -> RunResult:
     final = history[-1] if history else {}
     for epoch in range(start_epoch, recipe.epochs):
         train_loader.epoch = epoch
-        if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
         model.train()
         t0 = time.time()
         seen = correct = 0
@@ -350,8 +350,6 @@ def _train(cfg: TrainConfig) -> RunResult:
         if progress and epoch == start_epoch:
             progress.start()
         for i, (x, y) in enumerate(train_loader):
-            if i >= steps_per_epoch:
-                break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = recipe.lr * recipe.lr_factor(step, steps_per_epoch, total_steps) * plateau["factor"]
             for g in optimizer.param_groups:
