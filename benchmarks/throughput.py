@@ -1,7 +1,7 @@
 """Training throughput: fp32 NCHW eager versus cnnlab's fast path, side by side, with the share of this
 machine's measured peak convolution throughput that each reaches.
 
-    python benchmarks/throughput.py [--models lenet5 vgg_cifar] [--runs 5] [--steps 10] [--batch 128]
+    python benchmarks/throughput.py [--models lenet5 vgg_cifar resnet20] [--runs 5] [--steps 10] [--batch 128]
 
 One training step = forward, cross-entropy, backward and an SGD update on a batch at the model's published
 input size. Training FLOPs per image are taken as 3 x the forward multiply-adds x 2 (forward, and backward
@@ -72,7 +72,7 @@ def train_rate(model_name: str, bf16: bool, channels_last: bool, batch: int, ste
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["lenet5", "vgg_cifar"])
+    p.add_argument("--models", nargs="+", default=["lenet5", "vgg_cifar", "resnet20"])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=128)

@@ -46,13 +46,20 @@ def test_vgg_parameters_reproduce_table_2(name, millions):
     assert round(n_params(meta_model(name)) / 1e6) == millions
 
 
+# Untrained BatchNorm layers hold identity running statistics, so in eval mode a freshly built 1202-layer
+# ResNet adds 600 unnormalised branches and overflows; in training mode (batch statistics) it is fine.
+TRAIN_MODE_ONLY = {"resnet1202"}
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_forward_at_the_published_input(name):
     card = model_card(name)
-    model = create_model(name).eval()
+    model = create_model(name).train(name in TRAIN_MODE_ONLY)
+    batch = 2 if card.input_size[-1] <= 64 else 1  # keeps the ImageNet-size models fast
     with torch.no_grad():
-        out = model(torch.randn(2, *card.input_size))
-    assert out.shape == (2, card.num_classes)
+        out = model(torch.randn(batch, *card.input_size))
+    out = out if isinstance(out, torch.Tensor) else out[0]
+    assert out.shape == (batch, card.num_classes)
     assert torch.isfinite(out).all()
 
 

@@ -161,7 +161,8 @@ def _models(args) -> str:
 
 def _card(args) -> str:
     from cnnlab.models import model_card
-    from cnnlab.models.registry import METRICS
+    from cnnlab.models.registry import METRICS, model_options
+    from cnnlab.train.recipes import recipe_for
 
     c = model_card(args.name)
     lines = [
@@ -177,15 +178,28 @@ def _card(args) -> str:
             opts = f" [{', '.join(f'{k}={v}' for k, v in f.options.items())}]" if f.options else ""
             value = f"{f.value:,.0f}" if f.metric in ("params", "macs", "neurons") else f"{f.value}"
             lines.append(f"    {METRICS[f.metric]}{opts}: {value}  ({f.source}{'; ' + f.note if f.note else ''})")
+    options = model_options(args.name)
+    if options:
+        lines.append(f"  options: {', '.join(f'{k}={v!r}' for k, v in options.items())}")
+    try:
+        recipe = recipe_for(args.name)
+        lines.append(f"  recipe:  {recipe.name} ({recipe.source}); `cnnlab recipes` shows its settings")
+    except CnnlabError:
+        lines.append("  recipe:  none by default; pick one with `cnnlab train --recipe`")
     return "\n".join(lines) + "\n"
 
 
 def _summary(args) -> str:
     from cnnlab.analysis.summary import summary
+    from cnnlab.models import model_card
 
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     s = summary(args.name, args.input, depth=args.depth, **kwargs)
-    return s.render(args.format, args.depth)
+    text = s.render(args.format, args.depth)
+    card = model_card(args.name)
+    if card.paper_table and args.format == "table" and not args.input and not kwargs:
+        text = text.rstrip("\n") + "\n\n" + card.paper_table() + "\n"
+    return text
 
 
 def _calc(args) -> str:
@@ -230,14 +244,22 @@ def _recipes(args) -> str:
 
     lines = []
     for r in list_recipes():
-        sched = r.schedule + (f" {list(r.milestones)}" if r.milestones else "")
+        sched = r.schedule
+        if r.milestones:
+            unit = "iterations" if r.milestone_unit == "steps" else "epochs"
+            sched += f" x{r.gamma:g} at {unit} {', '.join(map(str, r.milestones))}"
+        if r.schedule == "exp":
+            sched += f" x{r.gamma:g} every {r.decay_every:g} epochs"
+        if r.warmup_steps or r.warmup_epochs:
+            span = f"{r.warmup_steps} iterations" if r.warmup_steps else f"{r.warmup_epochs:g} epochs"
+            sched += f", warm-up {span}" + (f" at {r.warmup_factor:g} x lr" if r.warmup_factor else "")
         aug = ", ".join(f"{k}={v}" for k, v in r.augment.as_dict().items() if v) or "none"
         lines += [f"{r.name}  (default for {', '.join(r.models)})",
-                  f"  data {r.data}; {r.epochs} epochs, batch {r.batch_size}, {r.optimizer} lr {r.lr}"
+                  (f"  data {r.data}; {r.epochs} epochs, batch {r.batch_size}, {r.optimizer} lr {r.lr}"
                   f"{f' momentum {r.momentum}' if r.optimizer in ('sgd', 'nesterov', 'rmsprop') else ''}, "
                   f"weight decay {r.weight_decay}, schedule {sched}"
                   f"{f', label smoothing {r.label_smoothing}' if r.label_smoothing else ''}"
-                  f"{f', gradient norm clipped at {r.clip_grad_norm}' if r.clip_grad_norm else ''}; augmentation {aug}",
+                  f"{f', gradient norm clipped at {r.clip_grad_norm}' if r.clip_grad_norm else ''}; augmentation {aug}"),
                   f"  source: {r.source}"] + ([f"  note: {r.note}"] if r.note else []) + [""]
     return "\n".join(lines)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,3 +44,44 @@ class ScaledTanh(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.A * torch.tanh(self.S * x)
+
+
+class GoogLeNetOutputs(NamedTuple):
+    """What GoogLeNet returns in training mode: the main logits and the two auxiliary classifiers' logits
+    (after inception 4a and 4d). The trainer adds ``aux_weights[i]`` x the cross-entropy of each auxiliary
+    output to the main loss, as Szegedy et al. 2014 (Sec. 5) do: total = main + 0.3 aux1 + 0.3 aux2."""
+
+    logits: torch.Tensor
+    aux1: torch.Tensor
+    aux2: torch.Tensor
+    aux_weights = (0.3, 0.3)
+
+
+class InceptionOutputs(NamedTuple):
+    """What Inception v3 returns in training mode: the main logits and its one auxiliary head's logits,
+    weighted 0.4 in the loss (torchvision's reference recipe; the paper gives no weight)."""
+
+    logits: torch.Tensor
+    aux: torch.Tensor
+    aux_weights = (0.4,)
+
+
+def linear_drop_probs(blocks: int, rate: float) -> list[float]:
+    """Stochastic depth's linear decay rule (Huang et al. 2016, Eq. 4): block l of L is dropped with
+    probability l / L x ``rate`` (its survival probability p_l = 1 - l / L (1 - p_L), with p_L = 1 - rate)."""
+    return [rate * (i + 1) / blocks for i in range(blocks)]
+
+
+def stochastic_residual(branch, x: torch.Tensor, identity: torch.Tensor, drop_prob: float,
+                        training: bool) -> torch.Tensor:
+    """identity + branch(x), with stochastic depth (Huang et al. 2016, Sec. 3): in training the branch is
+    skipped for the whole mini-batch with probability ``drop_prob`` (and not computed, which is where the
+    paper's speed-up comes from); at test time it is scaled by its survival probability (Eq. 5)."""
+    if drop_prob == 0.0:
+        return branch(x) + identity
+    if training:
+        # one draw per mini-batch from the global generator, so a seeded run is reproducible
+        if torch.rand(()).item() < drop_prob:
+            return identity
+        return branch(x) + identity
+    return branch(x) * (1.0 - drop_prob) + identity

@@ -10,14 +10,14 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["Paper", "Figure", "ModelCard", "register_model", "list_models", "create_model", "model_card"]
+__all__ = ["Figure", "ModelCard", "Paper", "create_model", "list_models", "model_card", "model_options", "register_model"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class ModelCard:
     summary: str
     figures: tuple[Figure, ...] = ()
     family: str = ""
+    # A paper table recomputed from the model (e.g. GoogLeNet's Table 1), printed under `cnnlab summary`.
+    paper_table: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
     def figure(self, metric: str) -> Figure | None:
         return next((f for f in self.figures if f.metric == metric), None)
@@ -87,7 +89,8 @@ _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_model(*, paper: Paper, input_size: tuple[int, int, int], summary: str,
-                   num_classes: int = 1000, figures: tuple[Figure, ...] = ()):
+                   num_classes: int = 1000, figures: tuple[Figure, ...] = (),
+                   paper_table: Callable[[], str] | None = None):
     """Register ``fn(num_classes, in_chans, **options) -> nn.Module`` under ``fn.__name__``."""
 
     def decorate(fn):
@@ -96,7 +99,8 @@ def register_model(*, paper: Paper, input_size: tuple[int, int, int], summary: s
             raise RuntimeError(f"model {name!r} registered twice")
         family = fn.__module__.rsplit(".", 1)[-1]
         card = ModelCard(name=name, paper=paper, input_size=tuple(input_size), num_classes=num_classes,
-                         summary=summary, figures=tuple(figures), family=family)
+                         summary=summary, figures=tuple(figures), family=family,
+                         paper_table=paper_table)
         _REGISTRY[name] = _Entry(fn, card)
         return fn
 
@@ -125,6 +129,12 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 def model_card(name: str) -> ModelCard:
     return _lookup(name).card
+
+
+def model_options(name: str) -> dict:
+    """The options a model's builder accepts beyond ``num_classes`` and ``in_chans``, with their defaults."""
+    params = inspect.signature(_lookup(name).builder).parameters
+    return {k: p.default for k, p in params.items() if k not in ("num_classes", "in_chans")}
 
 
 def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None, **kwargs) -> nn.Module:

@@ -26,16 +26,26 @@ class Recipe:
     lr: float
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: str = "constant"  # "constant", "steps", "plateau", "cosine", "onecycle"
-    milestones: tuple[int, ...] = ()  # epochs at which "steps" divides the rate by 1/gamma
+    schedule: str = "constant"  # "constant", "steps", "exp", "plateau", "cosine", "onecycle"
+    milestones: tuple[int, ...] = ()  # when "steps" multiplies the rate by gamma (see milestone_unit)
+    milestone_unit: str = "epochs"  # or "steps": optimiser iterations, as the ResNet paper counts
     gamma: float = 0.1
+    decay_every: float = 0.0  # "exp": multiply by gamma every this many epochs (Inception: 0.94 every 2)
     warmup_epochs: float = 0.0
+    warmup_steps: int = 0  # overrides warmup_epochs when set
+    warmup_factor: float = 0.0  # 0: linear warm-up from 0; else a constant fraction of lr (ResNet-110's 0.1)
     patience: int = 2  # "plateau": epochs without improvement before dividing
     label_smoothing: float = 0.0
     clip_grad_norm: float = 0.0  # 0: no clipping
     augment: Augment = field(default_factory=Augment)
     val_split: float = 0.0
     note: str = ""
+
+    def __post_init__(self):
+        if self.schedule == "exp" and self.decay_every <= 0:
+            raise ValueError(f"recipe {self.name}: the 'exp' schedule needs decay_every > 0")
+        if self.milestone_unit not in ("epochs", "steps"):
+            raise ValueError(f"recipe {self.name}: milestone_unit is 'epochs' or 'steps'")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -44,12 +54,14 @@ class Recipe:
 
     def lr_factor(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
         """Multiplier of ``lr`` at an optimiser step (plateau division is applied on top, per epoch)."""
-        warm = self.warmup_epochs * steps_per_epoch
+        warm = self.warmup_steps or self.warmup_epochs * steps_per_epoch
         if warm and step < warm:
-            return (step + 1) / warm
+            return self.warmup_factor or (step + 1) / warm
         if self.schedule == "steps":
-            epoch = step // max(1, steps_per_epoch)
-            return self.gamma ** sum(epoch >= m for m in self.milestones)
+            at = step if self.milestone_unit == "steps" else step // max(1, steps_per_epoch)
+            return self.gamma ** sum(at >= m for m in self.milestones)
+        if self.schedule == "exp":
+            return self.gamma ** math.floor(step / max(1, steps_per_epoch) / self.decay_every)
         if self.schedule == "cosine":
             t = (step - warm) / max(1, total_steps - warm)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
@@ -73,11 +85,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
              "pixels stand in for the paper's distortions. lr 0.02 diverges: the RBF head's squared "
              "distances give large gradients"),
     Recipe(
-        "alexnet_imagenet", ("alexnet", "alexnet_paper", "zfnet"), "folder:imagenet",
+        "alexnet_imagenet", ("alexnet", "alexnet_paper", "zfnet", "nin"), "folder:imagenet",
         "Krizhevsky et al. 2012, Sec. 5 (Zeiler & Fergus 2013 use the same)",
         epochs=90, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4,
         schedule="plateau", patience=5, augment=Augment(flip=True),
-        note="lr divided by 10 when the validation error stops improving (three times in the paper)"),
+        note="lr divided by 10 when the validation error stops improving (three times in the paper); Network in "
+             "Network gives no ImageNet recipe of its own and borrows this one"),
     Recipe(
         "vgg_imagenet", ("vgg11*", "vgg13*", "vgg16*", "vgg19*"), "folder:imagenet",
         "Simonyan & Zisserman 2015, Sec. 3.1",
@@ -90,6 +103,84 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
         epochs=30, batch_size=128, optimizer="nesterov", lr=0.05, momentum=0.9, weight_decay=5e-4,
         schedule="onecycle", augment=Augment(crop_pad=4, flip=True),
         note="random 32x32 crops of the 4-pixel zero-padded image and horizontal flips"),
+    Recipe(
+        "googlenet_imagenet", ("googlenet", "googlenet_bn"), "folder:imagenet",
+        "Szegedy et al. 2014, Sec. 6",
+        epochs=90, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=2e-4,
+        schedule="exp", gamma=0.96, decay_every=8, augment=Augment(flip=True),
+        note="the paper: asynchronous SGD, momentum 0.9, learning rate decreased by 4% every 8 epochs; it gives "
+             "no base rate, batch size, weight decay or length, so lr 0.01, batch 128, weight decay 2e-4 "
+             "(the BVLC reference) and 90 epochs are ours. Auxiliary losses are weighted 0.3 (Sec. 5) by the model"),
+    Recipe(
+        "inception_imagenet", ("inception_v3", "inception_v4", "inception_resnet_v2"), "folder:imagenet",
+        "Szegedy et al. 2016 (Inception v3), Sec. 8 and 7; Szegedy et al. 2017 (v4), Sec. 4",
+        epochs=100, batch_size=32, optimizer="rmsprop", lr=0.045, momentum=0.0, weight_decay=4e-5,
+        schedule="exp", gamma=0.94, decay_every=2, label_smoothing=0.1, clip_grad_norm=2.0,
+        augment=Augment(flip=True),
+        note="RMSProp with decay 0.9 and epsilon 1.0, lr 0.045 multiplied by 0.94 every two epochs, gradient "
+             "clipping at 2.0, label smoothing 0.1 (v3 Sec. 7); the paper trained batch 32 on each of 50 "
+             "replicas. Epochs and weight decay 4e-5 (TF-slim's) are ours. v3's aux loss is weighted 0.4"),
+    Recipe(
+        "resnet_imagenet", ("resnet18", "resnet34", "resnet50*", "resnet101*", "resnet152*", "plain18", "plain34",
+                            "resnext*", "wide_resnet*"), "folder:imagenet",
+        "He et al. 2016, Sec. 3.4 (ResNeXt and Wide ResNet-50-2 use the same)",
+        epochs=120, batch_size=256, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
+        schedule="plateau", patience=5, augment=Augment(flip=True),
+        note="lr 0.1 divided by 10 when the error plateaus, up to 60 x 10^4 iterations (120 epochs of "
+             "ImageNet at batch 256); scale augmentation (random-resized crops) for image folders; no dropout"),
+    Recipe(
+        "resnet_cifar", ("resnet20", "resnet32", "resnet44", "resnet56", "plain20", "plain32", "plain44",
+                         "plain56"), "cifar10",
+        "He et al. 2016, Sec. 4.2",
+        epochs=182, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
+        schedule="steps", milestones=(32000, 48000), milestone_unit="steps", val_split=0.1,
+        augment=Augment(crop_pad=4, flip=True),
+        note="lr divided by 10 at 32k and 48k iterations, stopped at 64k (182 epochs of the 45k/5k split); "
+             "4-pixel padding, random 32x32 crops, horizontal flips"),
+    Recipe(
+        "resnet110_cifar", ("resnet110", "resnet1202", "plain110"), "cifar10",
+        "He et al. 2016, Sec. 4.2 (110 and 1202 layers)",
+        epochs=182, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
+        schedule="steps", milestones=(32000, 48000), milestone_unit="steps", val_split=0.1,
+        warmup_steps=400, warmup_factor=0.1, augment=Augment(crop_pad=4, flip=True),
+        note="as resnet_cifar, but lr 0.01 for the first 400 iterations (until training error is below 80%), "
+             "then 0.1: 0.1 from the start is too large to begin converging"),
+    Recipe(
+        "stochastic_depth_cifar", ("resnet110_sd",), "cifar10",
+        "Huang et al. 2016, Sec. 4",
+        epochs=500, batch_size=128, optimizer="nesterov", lr=0.1, momentum=0.9, weight_decay=1e-4,
+        schedule="steps", milestones=(250, 375), val_split=0.1, augment=Augment(crop_pad=4, flip=True),
+        note="500 epochs, lr divided by 10 after epochs 250 and 375, Nesterov momentum 0.9 without dampening; "
+             "45k/5k split as in He et al."),
+    Recipe(
+        "wrn_cifar", ("wrn*",), "cifar10",
+        "Zagoruyko & Komodakis 2016, Sec. 4",
+        epochs=200, batch_size=128, optimizer="nesterov", lr=0.1, momentum=0.9, weight_decay=5e-4,
+        schedule="steps", milestones=(60, 120, 160), gamma=0.2, augment=Augment(crop_pad=4, flip=True),
+        note="lr multiplied by 0.2 at epochs 60, 120 and 160; the best results add dropout 0.3 "
+             "(create the model with dropout=0.3)"),
+    Recipe(
+        "densenet_imagenet", ("densenet121", "densenet161", "densenet169", "densenet201", "densenet264"),
+        "folder:imagenet", "Huang et al. 2017, Sec. 4.2",
+        epochs=90, batch_size=256, optimizer="nesterov", lr=0.1, momentum=0.9, weight_decay=1e-4,
+        schedule="steps", milestones=(30, 60), augment=Augment(flip=True),
+        note="Nesterov momentum 0.9 without dampening; lr divided by 10 at epochs 30 and 60; ResNet's "
+             "augmentation (random-resized crops and flips for image folders)"),
+    Recipe(
+        "densenet_cifar", ("densenet40", "densenet_bc100"), "cifar10",
+        "Huang et al. 2017, Sec. 4.2 (augmentation Sec. 4.1)",
+        epochs=300, batch_size=64, optimizer="nesterov", lr=0.1, momentum=0.9, weight_decay=1e-4,
+        schedule="steps", milestones=(150, 225), augment=Augment(crop_pad=4, flip=True),
+        note="lr divided by 10 at 50% and 75% of the 300 epochs; without augmentation the paper adds dropout "
+             "0.2 after each convolution (create the model with drop_rate=0.2)"),
+    Recipe(
+        "fractalnet_cifar", ("fractalnet*",), "cifar10",
+        "Larsson et al. 2017, Sec. 4",
+        epochs=400, batch_size=100, optimizer="sgd", lr=0.02, momentum=0.9,
+        schedule="steps", milestones=(200, 300, 350, 375), augment=Augment(crop_pad=4, flip=True),
+        note="lr 0.02 divided by 10 each time the remaining epochs halve; drop-path (local 0.15, half the "
+             "batches global) is part of the model in training mode; the paper's '+dropout' rates per block "
+             "are dropout=(0, 0.1, 0.2, 0.3, 0.4); no weight decay is stated"),
 ]}
 
 
