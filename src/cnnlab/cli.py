@@ -91,24 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on real data with its paper's recipe")
     t.add_argument("model", help="a model name (see `cnnlab models`)")
-    t.add_argument("--data", help="mnist, fashion_mnist, kmnist, cifar10, cifar100, cifar10_jpeg or folder:PATH "
-                                  "(default: the recipe's)")
-    t.add_argument("--epochs", type=_positive_int)
-    t.add_argument("--batch-size", type=_positive_int)
-    t.add_argument("--lr", type=_positive_float)
-    t.add_argument("--recipe", help="see `cnnlab recipes` (default: the model's)")
-    t.add_argument("--out", help="run folder (default: runs/MODEL-DATA-TIME)")
+    _train_flags(t)
     t.add_argument("--resume", help="a run folder or checkpoint to continue")
-    t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    t.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="auto")
-    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    t.add_argument("--data-dir", help="where datasets live (default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab)")
-    t.add_argument("--val-split", type=_fraction, help="hold out this fraction of the training set as 'val'")
-    t.add_argument("--log-every", type=_positive_int, default=50, help="steps between metrics.jsonl lines")
+
+    tr = sub.add_parser("transfer", help="reuse trained weights on new data: feature extraction or fine-tuning")
+    tr.add_argument("--from", dest="source", required=True, metavar="WEIGHTS",
+                    help="a cnnlab run folder or checkpoint, a state_dict file, or a torchvision weights name "
+                         "(IMAGENET1K_V1) for the torchvision-compatible models")
+    tr.add_argument("--model", help="the architecture (default: the checkpoint's)")
+    tr.add_argument("--mode", choices=("features", "finetune"), default="features",
+                    help="features: frozen backbone in eval mode, new head; finetune: the whole network")
+    tr.add_argument("--unfreeze", type=int, default=0, metavar="N", help="features: also train the last N blocks")
+    tr.add_argument("--lr-backbone", type=float, help="finetune: the backbone's learning rate (default lr / 10)")
+    _train_flags(tr)
+
+    em = sub.add_parser("embed", help="penultimate-layer features of every image of a dataset, with labels")
+    em.add_argument("checkpoint", help="a run folder or checkpoint")
+    em.add_argument("--data", help="the dataset (default: the run's)")
+    em.add_argument("--split", choices=("train", "test"), default="test")
+    em.add_argument("--out", required=True, help="an .npz file: features, labels, classes")
+    em.add_argument("--data-dir")
 
     sub.add_parser("recipes", help="the training recipes, one per paper")
 
@@ -133,9 +135,73 @@ def build_parser() -> argparse.ArgumentParser:
         dp.add_argument("names", nargs="*", help="datasets (default: all present)")
         dp.add_argument("--data-dir")
 
+    vis = sub.add_parser("visualize", help="what a network learned: filters, feature maps, top-9, saliency, Grad-CAM")
+    vsub = vis.add_subparsers(dest="visualize", metavar="WHAT", parser_class=_Parser)
+    ckpt = "a run folder, a checkpoint, or a model name (its untrained weights)"
+    vf = vsub.add_parser("filters", help="a layer's kernels as a grid of small images")
+    vf.add_argument("checkpoint", help=ckpt)
+    vf.add_argument("--layer", help="a convolution (default: the first); see `cnnlab summary MODEL`")
+    vfe = vsub.add_parser("features", help="the feature maps of one image")
+    vfe.add_argument("checkpoint", help=ckpt)
+    vfe.add_argument("image")
+    vfe.add_argument("--layer", nargs="+", dest="layers", metavar="NAME", help="default: up to four convolutions")
+    vt = vsub.add_parser("top9", help="the images that excite each channel most, cropped to its receptive field")
+    vt.add_argument("checkpoint", help=ckpt)
+    vt.add_argument("--layer", required=True)
+    vt.add_argument("--data", help="mnist, cifar10, ... or folder:PATH (default: the run's)")
+    vt.add_argument("--split", default="test", help="split of an in-memory dataset (default: test)")
+    vt.add_argument("--channels", nargs="+", type=_nonneg_int, metavar="C", help="default: the first 16")
+    vt.add_argument("--data-dir")
+    for name, what in (("saliency", "gradient of the class score w.r.t. the pixels (Simonyan et al.)"),
+                       ("gradcam", "Grad-CAM heat map over the image (Selvaraju et al.)")):
+        va = vsub.add_parser(name, help=what)
+        va.add_argument("checkpoint", help=ckpt)
+        va.add_argument("image")
+        va.add_argument("--target", metavar="CLASS", help="class index or name (default: the predicted class)")
+        if name == "gradcam":
+            va.add_argument("--layer", help="default: the architecture's last spatial layer")
+    for vp in (vf, vfe, vt, *[vsub.choices[n] for n in ("saliency", "gradcam")]):
+        vp.add_argument("--out", help="PNG file (default: COMMAND.png here)")
+
     f = sub.add_parser("fidelity", help="our numbers beside the papers'")
     f.add_argument("name", nargs="?", help="one model (default: all with published figures)")
     f.add_argument("--format", choices=("table", "md", "json"), default="table")
+
+    arr = "rows 'a b c; d e f' (channels split by '|') or a .csv, .txt or .npy file"
+    ex = sub.add_parser("explain", help="worked examples that print every step: conv, pool, backprop, params")
+    exsub = ex.add_subparsers(dest="explain", metavar="WHAT", parser_class=_Parser)
+    xc = exsub.add_parser("conv", help="each output entry of a convolution as its products and their sum")
+    xc.add_argument("--example", choices=("5x5", "7x7x3"), default="5x5",
+                    help="the lecture's 5x5 binary image, or the 7x7x3 padded volume with two filters and stride 2")
+    xc.add_argument("--input", help=f"the input: {arr}")
+    xc.add_argument("--kernel", action="append", help="one filter, same forms (repeat for more filters)")
+    xc.add_argument("--bias", help="one number per filter, e.g. 1,0")
+    xc.add_argument("--stride", type=_positive_int)
+    xc.add_argument("--pad", type=_nonneg_int)
+    xpo = exsub.add_parser("pool", help="max- or average-pooling entry by entry, and as the matrix A")
+    xpo.add_argument("--input", help=f"one channel: {arr} (default: the lecture's 4x4)")
+    xpo.add_argument("--size", type=_positive_int, default=2)
+    xpo.add_argument("--stride", type=_positive_int, help="default: the window size")
+    xpo.add_argument("--op", choices=("max", "avg"), default="max")
+    xpo.add_argument("--grad", help="the upstream gradient dL/dy, one value per output entry")
+    xb = exsub.add_parser("backprop", help="a conv layer's backward pass: shared weights sum their gradients")
+    xb.add_argument("--input", help=f"one channel: {arr} (default: the lecture's 5x5 image)")
+    xb.add_argument("--kernel", help="one filter, same forms (default: the lecture's 3x3 X)")
+    xb.add_argument("--grad", help="the upstream gradient dL/do, one value per output entry")
+    xb.add_argument("--stride", type=_positive_int, default=1)
+    xb.add_argument("--pad", type=_nonneg_int, default=0)
+    xq = exsub.add_parser("params", help="7x7 vs three 3x3, the 1x1 bottleneck, inception multiply-adds")
+    xq.add_argument("--channels", type=_positive_int, default=64, help="C for the 7x7 against 3x3 comparison")
+
+    sc = sub.add_parser("scratch-train", help="train a LeNet-style network on MNIST with the NumPy engine alone")
+    sc.add_argument("--train-images", type=_positive_int, default=20_000, help="from a seeded shuffle of the 60,000")
+    sc.add_argument("--test-images", type=_positive_int, default=10_000, help="the first N of the 10,000 test images")
+    sc.add_argument("--epochs", type=_positive_int, default=3)
+    sc.add_argument("--batch-size", type=_positive_int, default=32)
+    sc.add_argument("--lr", type=_positive_float, default=0.02)
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--threads", type=_positive_int, default=1, help="NumPy BLAS threads (small products: 1 is best)")
+    sc.add_argument("--data-dir", help="a folder with the four MNIST .gz files (default: the copy inside cnnlab)")
     return p
 
 
@@ -160,9 +226,12 @@ def _models(args) -> str:
 
 
 def _card(args) -> str:
-    from cnnlab.models import model_card
+    import torch
+
+    from cnnlab.models import create_model, model_card
     from cnnlab.models.registry import METRICS, model_options
     from cnnlab.train.recipes import recipe_for
+    from cnnlab.visualize.layers import gradcam_layer
 
     c = model_card(args.name)
     lines = [
@@ -178,6 +247,9 @@ def _card(args) -> str:
             opts = f" [{', '.join(f'{k}={v}' for k, v in f.options.items())}]" if f.options else ""
             value = f"{f.value:,.0f}" if f.metric in ("params", "macs", "neurons") else f"{f.value}"
             lines.append(f"    {METRICS[f.metric]}{opts}: {value}  ({f.source}{'; ' + f.note if f.note else ''})")
+    with torch.device("meta"):
+        probe = create_model(args.name)
+    lines.append(f"  Grad-CAM layer: {gradcam_layer(probe, c.input_size)} (`cnnlab visualize gradcam`'s default)")
     options = model_options(args.name)
     if options:
         lines.append(f"  options: {', '.join(f'{k}={v!r}' for k, v in options.items())}")
@@ -225,18 +297,97 @@ def _fidelity(args) -> str:
     return render(fidelity(args.name), args.format)
 
 
+def _explain(args) -> str:
+    from cnnlab.scratch import explain as ex
+
+    if args.explain == "conv":
+        return ex.explain_conv(args.input, args.kernel, args.bias, args.stride, args.pad, args.example)
+    if args.explain == "pool":
+        return ex.explain_pool(args.input, args.size, args.stride, args.op, args.grad)
+    if args.explain == "backprop":
+        return ex.explain_backprop(args.input, args.kernel, args.grad, args.stride, args.pad)
+    if args.explain == "params":
+        return ex.explain_params(args.channels)
+    raise CnnlabError("say what to explain: `cnnlab explain conv`, `pool`, `backprop` or `params`")
+
+
+def _scratch_train(args) -> str:
+    from cnnlab.scratch.train import train_mnist
+
+    def log(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    result = train_mnist(args.train_images, args.epochs, args.seed, args.batch_size, args.lr,
+                         test_images=args.test_images, data_dir=args.data_dir, threads=args.threads, log=log)
+    return result.text()
+
+
+def _train_flags(t) -> None:
+    t.add_argument("--data", help="mnist, fashion_mnist, kmnist, cifar10, cifar100, cifar10_jpeg or folder:PATH "
+                                  "(default: the recipe's)")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--lr", type=_positive_float)
+    t.add_argument("--recipe", help="see `cnnlab recipes` (default: the model's)")
+    t.add_argument("--out", help="run folder (default: runs/MODEL-DATA-TIME)")
+    t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    t.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="auto")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    t.add_argument("--data-dir", help="where datasets live (default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab)")
+    t.add_argument("--val-split", type=_fraction, help="hold out this fraction of the training set as 'val'")
+    t.add_argument("--train-limit", type=_positive_int, metavar="N",
+                   help="train on a class-balanced random subset of N images (a labelled budget)")
+    t.add_argument("--log-every", type=_positive_int, default=50, help="steps between metrics.jsonl lines")
+
+
 def _train(args) -> str:
+    from cnnlab.models import model_card
     from cnnlab.train import TrainConfig, train
 
-    cfg = TrainConfig(model=args.model, data=args.data, recipe=args.recipe, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, out=args.out, resume=args.resume, device=args.device,
-                      precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-                      seed=args.seed, deterministic=args.deterministic, quiet=args.quiet, data_dir=args.data_dir,
-                      val_split=args.val_split, log_every=args.log_every)
-    from cnnlab.models import model_card
-    model_card(args.model)  # unknown model: the registry's message, before any data is touched
+    extra = {}
+    if args.command == "transfer":
+        from cnnlab.transfer.weights import pretrained_options
+
+        model = args.model or _checkpoint_model(args.source)
+        extra = {"pretrained": args.source, "transfer": args.mode, "unfreeze": args.unfreeze,
+                     "lr_backbone": args.lr_backbone, "model_options": pretrained_options(model, args.source)}
+    else:
+        model = args.model
+    cfg = TrainConfig(model=model, data=args.data, recipe=args.recipe, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, out=args.out, resume=getattr(args, "resume", None),
+                      device=args.device, precision=args.precision, channels_last=args.channels_last,
+                      compile=args.compile, seed=args.seed, deterministic=args.deterministic, quiet=args.quiet,
+                      data_dir=args.data_dir, val_split=args.val_split, log_every=args.log_every,
+                      train_limit=args.train_limit, **extra)
+    model_card(model)  # unknown model: the registry's message, before any data is touched
     result = train(cfg)
     return f"{result.run_dir}\n" if args.quiet else ""
+
+
+def _checkpoint_model(source: str) -> str:
+    from pathlib import Path
+
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    if not Path(source).expanduser().exists():
+        raise CnnlabError(f"--from {source} is not a file or run folder; for torchvision weights name the "
+                          f"architecture with --model")
+    try:
+        return load_checkpoint(source)["model_name"]
+    except CnnlabError:
+        raise CnnlabError(f"{source} is not a cnnlab checkpoint, so name its architecture with --model") from None
+
+
+def _embed(args) -> str:
+    from cnnlab.transfer.embedding import embed_dataset
+
+    path = embed_dataset(args.checkpoint, args.out, data=args.data, split=args.split, data_dir=args.data_dir)
+    return f"{path}\n"
 
 
 def _recipes(args) -> str:
@@ -277,6 +428,26 @@ def _eval(args) -> str:
     png = folder / f"confusion-{report.split}{'-' + args.tta if args.tta else ''}.png"
     report.plot(png)
     return report.text() + f"\nconfusion matrix: {png}\n"
+
+
+def _visualize(args) -> str:
+    from cnnlab.visualize import figures
+
+    what = args.visualize
+    if what == "filters":
+        path = figures.filters_png(args.checkpoint, args.layer, args.out)
+    elif what == "features":
+        path = figures.features_png(args.checkpoint, args.image, args.layers, args.out)
+    elif what == "top9":
+        path = figures.top9_png(args.checkpoint, args.layer, args.data, args.channels, args.split, args.data_dir,
+                                args.out)
+    elif what == "saliency":
+        path = figures.saliency_png(args.checkpoint, args.image, args.target, args.out)
+    elif what == "gradcam":
+        path = figures.gradcam_png(args.checkpoint, args.image, args.layer, args.target, args.out)
+    else:
+        raise CnnlabError("say what to draw: `cnnlab visualize filters|features|top9|saliency|gradcam`")
+    return f"{path}\n"
 
 
 def _predict(args) -> str:
@@ -325,8 +496,10 @@ def _data(args) -> str:
     return out
 
 
-COMMANDS = {"train": _train, "recipes": _recipes, "eval": _eval, "predict": _predict, "data": _data,
-            "models": _models, "card": _card, "summary": _summary, "calc": _calc, "fidelity": _fidelity}
+COMMANDS = {"train": _train, "transfer": _train, "embed": _embed, "recipes": _recipes, "eval": _eval,
+            "predict": _predict, "data": _data, "visualize": _visualize,
+            "models": _models, "card": _card, "summary": _summary, "calc": _calc, "fidelity": _fidelity,
+            "explain": _explain, "scratch-train": _scratch_train}
 
 
 def main(argv: list[str] | None = None) -> int:

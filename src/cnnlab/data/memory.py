@@ -120,6 +120,24 @@ def split_train_val(ds: ArrayDataset, fraction: float, seed: int) -> tuple[Array
     return ds.subset(mask.nonzero().flatten(), "train"), ds.subset(val, "val")
 
 
+def balanced_subset(ds: ArrayDataset, n: int, seed: int) -> ArrayDataset:
+    """A random subset of ``n`` images with the classes as equal as ``n`` allows (a labelled budget),
+    reproducibly from ``seed``."""
+    if not 0 < n <= len(ds):
+        raise CnnlabError(f"--train-limit must be between 1 and {len(ds):,} (the training set), got {n}")
+    g = torch.Generator().manual_seed(seed)
+    per_class = [(ds.labels == c).nonzero().flatten() for c in range(ds.num_classes)]
+    per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
+    take, quota = [], [n // ds.num_classes + (c < n % ds.num_classes) for c in range(ds.num_classes)]
+    for idx, q in zip(per_class, quota):
+        take.append(idx[:q])
+    chosen = torch.cat(take)
+    if len(chosen) < n:  # a class smaller than its quota: fill from the rest
+        rest = torch.cat([idx[q:] for idx, q in zip(per_class, quota)])
+        chosen = torch.cat([chosen, rest[torch.randperm(len(rest), generator=g)[: n - len(chosen)]]])
+    return ds.subset(chosen.sort().values, ds.split)
+
+
 @dataclass(frozen=True)
 class Augment:
     """Batch augmentation; all sizes in pixels. ``pad_to`` centres smaller images on a zero canvas first

@@ -183,31 +183,36 @@ def _evaluate_folder(models, state, data, tta, batch_size) -> EvalReport:
     return EvalReport(classes, confusion, top5, split, tta, len(models))
 
 
-def predict(checkpoint: str, images: list[str], k: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
-    """Top-k classes with probabilities for image files."""
+def load_image(path, state: dict) -> torch.Tensor:
+    """An image file as the network of ``state`` (a checkpoint's) sees it: 1 x C x H x W, preprocessed as
+    its evaluation data are (resized to the dataset's size and padded, or the folder protocol's centre crop)."""
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2 import functional as TF
 
     from cnnlab.data.memory import pad_to, preprocess
 
-    model, state = model_from_checkpoint(checkpoint)
+    if not Path(path).is_file():
+        raise CnnlabError(f"image {path} does not exist")
+    try:
+        img = decode_image(str(path), mode=ImageReadMode.GRAY if state["in_chans"] == 1 else ImageReadMode.RGB)
+    except Exception as e:  # noqa: BLE001 - any decoder failure means the file is not a readable image
+        raise CnnlabError(f"{path} is not an image torchvision can read ({e})") from None
     data = state["data"]
+    if data.startswith("folder:"):
+        from cnnlab.data.folder import transforms
+        return transforms(state["input_size"][1], False, state["in_chans"])(img)[None]
+    from cnnlab.data.sources import spec
+    s = spec(data)
+    img = TF.resize(img, [s.size, s.size], antialias=True)
+    return preprocess(pad_to(img[None], state["recipe"]["augment"]["pad_to"]), s.mean, s.std)
+
+
+def predict(checkpoint: str, images: list[str], k: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Top-k classes with probabilities for image files."""
+    model, state = model_from_checkpoint(checkpoint)
     out = []
     for path in images:
-        if not Path(path).is_file():
-            raise CnnlabError(f"image {path} does not exist")
-        try:
-            img = decode_image(str(path), mode=ImageReadMode.GRAY if state["in_chans"] == 1 else ImageReadMode.RGB)
-        except Exception as e:
-            raise CnnlabError(f"{path} is not an image torchvision can read ({e})") from None
-        if data.startswith("folder:"):
-            from cnnlab.data.folder import transforms
-            x = transforms(state["input_size"][1], False, state["in_chans"])(img)[None]
-        else:
-            from cnnlab.data.sources import spec
-            s = spec(data)
-            img = TF.resize(img, [s.size, s.size], antialias=True)
-            x = preprocess(pad_to(img[None], state["recipe"]["augment"]["pad_to"]), s.mean, s.std)
+        x = load_image(path, state)
         with torch.no_grad():
             p = F.softmax(model(x).float(), 1)[0]
         top = p.topk(min(k, p.numel()))

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.analysis.summary import summary
-from cnnlab.data.memory import MemoryLoader, load, split_train_val
+from cnnlab.data.memory import MemoryLoader, balanced_subset, load, split_train_val
 from cnnlab.errors import CnnlabError
 from cnnlab.models.registry import create_model, model_card
 from cnnlab.fileio import atomic_savefig, atomic_write_text
@@ -63,6 +63,12 @@ class TrainConfig:
     val_split: float | None = None
     log_every: int = 50
     model_options: dict = field(default_factory=dict)
+    # transfer learning (cnnlab.transfer): weights to start from, and what to train
+    pretrained: str | None = None  # a run folder/checkpoint, a state_dict file or a torchvision weights name
+    transfer: str | None = None  # None: train everything; "features": heads only; "finetune": all, see below
+    unfreeze: int = 0  # "features": also train the last N blocks of the backbone
+    lr_backbone: float | None = None  # "finetune": the backbone's learning rate (default lr / 10)
+    train_limit: int | None = None  # train on a class-balanced random subset of this many images
 
 
 @dataclass
@@ -118,12 +124,15 @@ def resolve_precision(precision: str, device: torch.device, macs_per_image: int)
 # -- data ------------------------------------------------------------------------------------------------
 
 def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, val_split: float,
-              input_size: tuple[int, int, int], device, channels_last: bool):
+              input_size: tuple[int, int, int], device, channels_last: bool, train_limit: int | None = None):
     """(train loader, eval loader, classes, eval split name, channels)."""
     if data.startswith("folder:"):
         from cnnlab.data.folder import folder_datasets, folder_loader
 
         path = data.split(":", 1)[1]
+        if train_limit:
+            raise CnnlabError("--train-limit works with the in-memory datasets (mnist, cifar10, ...), not image "
+                              "folders: copy the images you want into a smaller folder instead")
         if path in ("", "imagenet"):
             raise CnnlabError("this recipe trains on an image folder: pass --data folder:PATH "
                               "(PATH/<class>/*.jpg, or PATH/train and PATH/val)")
@@ -132,6 +141,8 @@ def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, v
         return (folder_loader(train, batch_size, True, seed), folder_loader(evald, batch_size, False, seed),
                 classes, eval_name, input_size[0])
     train = load(data, "train", data_dir)
+    if train_limit:
+        train = balanced_subset(train, train_limit, seed)
     if val_split:
         train, evald = split_train_val(train, val_split, seed)
         eval_name = "val"
@@ -145,11 +156,15 @@ def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, v
 
 # -- the loop ----------------------------------------------------------------------------------------------
 
-def _optimizer(recipe: Recipe, params):
-    decay, no_decay = [], []
-    for p in params:
-        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on biases and BN parameters
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _optimizer(recipe: Recipe, params, scaled: list[tuple[list, float]] | None = None):
+    """SGD/RMSprop/Adam over ``params``, or over ``scaled`` (parameters, learning-rate scale) groups."""
+    groups = []
+    for ps, scale in scaled or [(list(params), 1.0)]:
+        decay = [p for p in ps if p.ndim > 1]
+        no_decay = [p for p in ps if p.ndim <= 1]  # no weight decay on biases and BN parameters
+        groups += [{"params": decay, "weight_decay": recipe.weight_decay, "lr_scale": scale},
+                   {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale}]
+    groups = [g for g in groups if g["params"]]
     if recipe.optimizer in ("sgd", "nesterov"):
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.optimizer == "nesterov")
     if recipe.optimizer == "rmsprop":
@@ -157,6 +172,34 @@ def _optimizer(recipe: Recipe, params):
     if recipe.optimizer == "adam":
         return torch.optim.Adam(groups, lr=recipe.lr)
     raise CnnlabError(f"unknown optimiser {recipe.optimizer!r}")
+
+
+def _setup_transfer(cfg: TrainConfig, model, recipe: Recipe, fresh: bool) -> str:
+    """Load pretrained weights (not when resuming: the checkpoint has them) and freeze what
+    ``cfg.transfer`` says. Returns a line for the log."""
+    if cfg.transfer not in (None, "features", "finetune"):
+        raise CnnlabError(f"--mode must be 'features' or 'finetune', not {cfg.transfer!r}")
+    if cfg.transfer and not cfg.pretrained:
+        raise CnnlabError("transfer learning needs weights to start from: pass --from")
+    if cfg.lr_backbone is not None and not cfg.lr_backbone >= 0:
+        raise CnnlabError(f"--lr-backbone must be 0 or more, got {cfg.lr_backbone}")
+    note = ""
+    if cfg.pretrained and fresh:
+        from cnnlab.transfer import load_pretrained
+
+        note = load_pretrained(model, cfg.model, cfg.pretrained, **cfg.model_options).text()
+    if cfg.transfer == "features":
+        from cnnlab.transfer import freeze_backbone, heads
+
+        trainable = freeze_backbone(model, heads(model, cfg.model, **cfg.model_options), cfg.unfreeze)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise CnnlabError(f"{cfg.model}'s head has no trainable parameters; add --unfreeze N to train "
+                              f"the last N blocks")
+        note += f"\nfeature extraction: training {', '.join(trainable)}; the rest is frozen, in eval mode"
+    elif cfg.transfer == "finetune":
+        lr_b = cfg.lr_backbone if cfg.lr_backbone is not None else recipe.lr / 10
+        note += f"\nfine-tuning: heads at lr {recipe.lr:g}, backbone at lr {lr_b:g}"
+    return note.strip()
 
 
 def _loss(output, target, smoothing: float):
@@ -262,11 +305,20 @@ def _train(cfg: TrainConfig) -> RunResult:
 
     train_loader, eval_loader, classes, eval_name, channels = make_data(
         data, recipe, recipe.batch_size, cfg.seed, cfg.data_dir, recipe.val_split, card.input_size, device,
-        channels_last)
-    model = create_model(cfg.model, num_classes=len(classes), in_chans=channels, **cfg.model_options).to(device)
+        channels_last, cfg.train_limit)
+    model = create_model(cfg.model, num_classes=len(classes), in_chans=channels, **cfg.model_options)
+    transfer_note = _setup_transfer(cfg, model, recipe, resume_state is None)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(recipe, model.parameters())
+    scaled = None
+    if cfg.transfer:
+        from cnnlab.transfer import heads, param_groups
+
+        backbone = (cfg.lr_backbone if cfg.lr_backbone is not None else recipe.lr / 10) / recipe.lr
+        scaled = param_groups(model, heads(model, cfg.model, **cfg.model_options),
+                              backbone if cfg.transfer == "finetune" else 1.0)
+    optimizer = _optimizer(recipe, [p for p in model.parameters() if p.requires_grad], scaled)
     scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -330,6 +382,8 @@ def _train(cfg: TrainConfig) -> RunResult:
         }
 
     say = (lambda *a: None) if cfg.quiet else print
+    if transfer_note:
+        say(transfer_note)
     if start_epoch == 0:
         say(f"training {cfg.model} on {data} (evaluating on the {eval_name} set) with recipe {recipe.name}: "
             f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, {precision}"
@@ -353,7 +407,7 @@ def _train(cfg: TrainConfig) -> RunResult:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = recipe.lr * recipe.lr_factor(step, steps_per_epoch, total_steps) * plateau["factor"]
             for g in optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             try:
                 with autocast():
                     out = step_model(x)
