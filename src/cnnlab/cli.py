@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("model", help="a model name (see `cnnlab models`)")
     _train_flags(t)
     t.add_argument("--resume", help="a run folder or checkpoint to continue")
+    t.add_argument("--nproc", type=_positive_int, metavar="N",
+                   help="train data-parallel in N processes on this machine (runs torchrun for you; "
+                        "--batch-size is the global batch); see docs/distributed.md")
+    t.add_argument("--max-restarts", type=_nonneg_int, default=0, metavar="K",
+                   help="with --nproc: restart the workers up to K times after a failure, from the last checkpoint")
+    t.add_argument("--sync-bn", action="store_true", help="data parallel on GPUs: BatchNorm over the global batch")
 
     tr = sub.add_parser("transfer", help="reuse trained weights on new data: feature extraction or fine-tuning")
     tr.add_argument("--from", dest="source", required=True, metavar="WEIGHTS",
@@ -332,7 +338,8 @@ def _train_flags(t) -> None:
     t.add_argument("--recipe", help="see `cnnlab recipes` (default: the model's)")
     t.add_argument("--out", help="run folder (default: runs/MODEL-DATA-TIME)")
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    t.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="auto")
+    t.add_argument("--precision", choices=("fp32", "bf16", "fp16", "fp64", "auto"), default="auto",
+                   help="fp64 is for checking numerics (e.g. data parallel against one process), not for speed")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--seed", type=int, default=0)
@@ -345,9 +352,37 @@ def _train_flags(t) -> None:
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between metrics.jsonl lines")
 
 
+def _strip(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """argv without ``flags`` and their values (``--flag V`` or ``--flag=V``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not a.split("=", 1)[0] in flags:
+            out.append(a)
+    return out
+
+
 def _train(args) -> str:
     from cnnlab.models import model_card
     from cnnlab.train import TrainConfig, train
+
+    if getattr(args, "nproc", None):
+        from cnnlab.train import distributed
+
+        if distributed.launched_by_torchrun():
+            raise CnnlabError("--nproc starts torchrun; this process already runs under torchrun, so leave it out")
+        if not (args.out or args.resume):
+            raise CnnlabError("data-parallel training needs --out (or --resume): every worker, and workers that "
+                              "torchrun restarts, must find the same run folder")
+        model_card(args.model)
+        code = distributed.launch(args.nproc, _strip(args.argv, ("--nproc", "--max-restarts")), args.max_restarts)
+        if code:
+            raise CnnlabError(f"the data-parallel run failed (torchrun exit code {code}); the workers' messages "
+                              f"are above")
+        return ""  # rank 0 has printed what a single-process run prints
 
     extra = {}
     if args.command == "transfer":
@@ -363,10 +398,10 @@ def _train(args) -> str:
                       device=args.device, precision=args.precision, channels_last=args.channels_last,
                       compile=args.compile, seed=args.seed, deterministic=args.deterministic, quiet=args.quiet,
                       data_dir=args.data_dir, val_split=args.val_split, log_every=args.log_every,
-                      train_limit=args.train_limit, **extra)
+                      train_limit=args.train_limit, sync_bn=getattr(args, "sync_bn", False), **extra)
     model_card(model)  # unknown model: the registry's message, before any data is touched
     result = train(cfg)
-    return f"{result.run_dir}\n" if args.quiet else ""
+    return f"{result.run_dir}\n" if args.quiet and result.rank == 0 else ""
 
 
 def _checkpoint_model(source: str) -> str:
@@ -506,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         if not args.command:
             parser.print_help()
             return 2

@@ -74,8 +74,21 @@ def folder_datasets(path: str, size: int, val_split: float | None, seed: int, ch
     return Subset(full_train, perm[n_val:]), Subset(full_eval, perm[:n_val]), classes, "val"
 
 
-def folder_loader(ds, batch_size: int, train: bool, seed: int, workers: int | None = None):
+def folder_loader(ds, batch_size: int, train: bool, seed: int, workers: int | None = None, rank: int = 0,
+                  world: int = 1):
+    """A DataLoader over an image folder. With ``world`` > 1, ``batch_size`` is the global batch and this
+    rank gets 1/world of it: training through a DistributedSampler (reshuffled per epoch with ``seed`` once
+    the trainer calls ``set_epoch``; the last incomplete global batch is dropped), evaluation over the images
+    rank, rank + world, ... so every image is scored exactly once."""
     g = torch.Generator().manual_seed(seed)
     workers = min(4, torch.get_num_threads()) if workers is None else workers
+    if world > 1:
+        from torch.utils.data import DistributedSampler
+
+        if train:
+            sampler = DistributedSampler(ds, world, rank, shuffle=True, seed=seed, drop_last=True)
+            return DataLoader(ds, batch_size=batch_size // world, sampler=sampler, num_workers=workers,
+                              persistent_workers=workers > 0, drop_last=True)
+        ds = Subset(ds, range(rank, len(ds), world))
     return DataLoader(ds, batch_size=batch_size, shuffle=train, generator=g, num_workers=workers,
                       persistent_workers=workers > 0, drop_last=False)

@@ -215,10 +215,16 @@ class MemoryLoader:
     channels_last: bool = False
     epoch: int = 0
     start_batch: int = 0  # resume inside an epoch
+    # data parallel: this process serves rows rank::world of every (global) batch, so the ranks' shards are
+    # disjoint and together they are the single-process batch; augmentation is drawn for the whole batch
+    rank: int = 0
+    world: int = 1
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise CnnlabError(f"batch size must be 1 or more, got {self.batch_size}")
+        if not 0 <= self.rank < self.world:
+            raise CnnlabError(f"rank {self.rank} is outside a world of {self.world}")
 
     def __len__(self) -> int:
         n = len(self.ds)
@@ -242,5 +248,8 @@ class MemoryLoader:
             x = pad_to(self.ds.images[idx], self.aug.pad_to)
             if self.train:
                 x = augment_batch(x, self.aug, _rng(self.seed, self.epoch, b + 1))
-            yield self.normalise(x), self.ds.labels[idx].to(self.device, non_blocking=True)
+            y = self.ds.labels[idx]
+            if self.world > 1:
+                x, y = x[self.rank::self.world], y[self.rank::self.world]
+            yield self.normalise(x), y.to(self.device, non_blocking=True)
         self.start_batch = 0

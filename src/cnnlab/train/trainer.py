@@ -15,6 +15,12 @@ dropout draws, so on CPU in deterministic mode a resumed run ends with exactly t
 uninterrupted one. metrics.jsonl keeps only lines up to the checkpoint's epoch when a run resumes.
 Image-folder runs resume at the same epoch boundary, but their DataLoader workers' augmentation is not
 replayed draw for draw.
+
+Under ``torchrun`` the same loop trains data-parallel (cnnlab.train.distributed, docs/distributed.md): the
+global batch is split across ranks, metrics are reduced over them, and only rank 0 writes the run folder.
+When torchrun restarts the workers after a failure (``--max-restarts``), they resume from ``--out``'s
+last.pt: the interrupted epoch runs again from its start, and metrics.jsonl keeps exactly the lines of the
+epochs the checkpoint holds (step lines of the interrupted epoch are dropped and written again).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from cnnlab.data.memory import MemoryLoader, balanced_subset, load, split_train_
 from cnnlab.errors import CnnlabError
 from cnnlab.models.registry import create_model, model_card
 from cnnlab.fileio import atomic_savefig, atomic_write_text
+from cnnlab.train import distributed
 from cnnlab.train.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from cnnlab.train.recipes import Recipe, get_recipe, override, recipe_for
 
@@ -69,6 +76,7 @@ class TrainConfig:
     unfreeze: int = 0  # "features": also train the last N blocks of the backbone
     lr_backbone: float | None = None  # "finetune": the backbone's learning rate (default lr / 10)
     train_limit: int | None = None  # train on a class-balanced random subset of this many images
+    sync_bn: bool = False  # data parallel: BatchNorm statistics over the global batch (GPUs only)
 
 
 @dataclass
@@ -78,6 +86,7 @@ class RunResult:
     best_top1: float
     final: dict
     seconds: float
+    rank: int = 0  # data parallel: this process's rank (only rank 0 wrote the run folder)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,8 +119,8 @@ def resolve_precision(precision: str, device: torch.device, macs_per_image: int)
     """'auto': on CUDA bf16 where supported, else fp16. On CPU bf16 (with channels-last) only where AMX tiles
     make it pay and the network is big enough: benchmarks/throughput.py measured bf16 convolutions 0.7x the
     speed of fp32 on an AVX-512-bf16 CPU without AMX, and LeNet-5 no faster in bf16 anywhere."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise CnnlabError(f"--precision must be fp32, bf16, fp16 or auto, got {precision!r}")
+    if precision not in ("auto", "fp32", "bf16", "fp16", "fp64"):
+        raise CnnlabError(f"--precision must be fp32, bf16, fp16, fp64 or auto, got {precision!r}")
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
             raise CnnlabError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
@@ -124,8 +133,10 @@ def resolve_precision(precision: str, device: torch.device, macs_per_image: int)
 # -- data ------------------------------------------------------------------------------------------------
 
 def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, val_split: float,
-              input_size: tuple[int, int, int], device, channels_last: bool, train_limit: int | None = None):
-    """(train loader, eval loader, classes, eval split name, channels)."""
+              input_size: tuple[int, int, int], device, channels_last: bool, train_limit: int | None = None,
+              rank: int = 0, world: int = 1):
+    """(train loader, eval loader, classes, eval split name, channels); with ``world`` > 1 the loaders
+    serve this rank's share: ``batch_size`` is the global batch."""
     if data.startswith("folder:"):
         from cnnlab.data.folder import folder_datasets, folder_loader
 
@@ -138,7 +149,8 @@ def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, v
                               "(PATH/<class>/*.jpg, or PATH/train and PATH/val)")
         train, evald, classes, eval_name = folder_datasets(path, input_size[1], val_split or None, seed,
                                                            input_size[0])
-        return (folder_loader(train, batch_size, True, seed), folder_loader(evald, batch_size, False, seed),
+        return (folder_loader(train, batch_size, True, seed, rank=rank, world=world),
+                folder_loader(evald, batch_size, False, seed, rank=rank, world=world),
                 classes, eval_name, input_size[0])
     train = load(data, "train", data_dir)
     if train_limit:
@@ -149,8 +161,10 @@ def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, v
     else:
         evald, eval_name = load(data, "test", data_dir), "test"
     aug = recipe.augment
-    tl = MemoryLoader(train, batch_size, True, aug, seed, drop_last=True, device=device, channels_last=channels_last)
-    el = MemoryLoader(evald, max(256, batch_size), False, aug, seed, device=device, channels_last=channels_last)
+    tl = MemoryLoader(train, batch_size, True, aug, seed, drop_last=True, device=device, channels_last=channels_last,
+                      rank=rank, world=world)
+    el = MemoryLoader(evald, max(256, batch_size), False, aug, seed, device=device, channels_last=channels_last,
+                      rank=rank, world=world)
     return tl, el, train.classes, eval_name, train.channels
 
 
@@ -214,22 +228,26 @@ def _loss(output, target, smoothing: float):
     return loss, main
 
 
-def evaluate_loader(model, loader, device, autocast) -> dict:
+def evaluate_loader(model, loader, device, autocast, dist: distributed.Dist = distributed.Dist(),
+                    dtype: torch.dtype | None = None) -> dict:
+    """Loss, top-1 and top-5 over the loader; under data parallelism each rank scores its share and the
+    sums are reduced."""
     model.eval()
     total = correct1 = correct5 = 0
     loss_sum = 0.0
     with torch.no_grad():
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, dtype), y.to(device)
             with autocast():
                 out = model(x)
-            out = out.float()
+            out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
             loss_sum += F.cross_entropy(out, y, reduction="sum").item()
             k = min(5, out.shape[1])
             top = out.topk(k, 1).indices
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y[:, None]).any(1).sum().item()
             total += y.numel()
+    loss_sum, correct1, correct5, total = dist.sum([loss_sum, correct1, correct5, total], device)
     return {"loss": loss_sum / total, "top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
 
 
@@ -258,15 +276,24 @@ def _progress(quiet: bool):
 def train(cfg: TrainConfig) -> RunResult:
     """Train as configured; the process-wide determinism switch is restored afterwards."""
     previous = torch.are_deterministic_algorithms_enabled()
+    joined = distributed.launched_by_torchrun() and not torch.distributed.is_initialized()
     try:
         return _train(cfg)
     finally:
         torch.use_deterministic_algorithms(previous)
+        if joined:
+            distributed.shutdown()
 
 
 def _train(cfg: TrainConfig) -> RunResult:
     started = time.time()
     resume_state = None
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1) if distributed.launched_by_torchrun() else 1
+    if world > 1 and not (cfg.out or cfg.resume):
+        raise CnnlabError("data-parallel training needs --out (or --resume): every worker, and workers that "
+                          "torchrun restarts, must find the same run folder")
+    if world > 1 and distributed.restarted() and not cfg.resume and cfg.out and (Path(cfg.out) / "last.pt").exists():
+        cfg = TrainConfig(**{**asdict(cfg), "resume": cfg.out})  # torchrun restarted us: go on from the checkpoint
     if cfg.resume:
         resume_state = load_checkpoint(cfg.resume)
         saved = resume_state["config"]
@@ -288,12 +315,20 @@ def _train(cfg: TrainConfig) -> RunResult:
             raise CnnlabError(f"{what} must be 1 or more, got {v}")
     if not recipe.lr > 0:
         raise CnnlabError(f"--lr must be positive, got {recipe.lr}")
+    if recipe.batch_size % world:
+        raise CnnlabError(f"--batch-size {recipe.batch_size} is the global batch and must split evenly over "
+                          f"{world} processes; pick a multiple of {world}")
+    if cfg.sync_bn and world > 1 and (cfg.device == "cpu" or not torch.cuda.is_available()):
+        raise CnnlabError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU)")
+    dist, device_name = distributed.init(cfg.device)
 
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    device = resolve_device(cfg.device)
+    device = resolve_device(device_name)
+    if dist.active and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     card = model_card(cfg.model)
 
     with torch.device("meta"):
@@ -301,14 +336,17 @@ def _train(cfg: TrainConfig) -> RunResult:
     macs = summary(probe, card.input_size).total_macs
     precision = ("fp32" if cfg.deterministic and cfg.precision == "auto"
                  else resolve_precision(cfg.precision, device, macs))
-    channels_last = cfg.channels_last if cfg.channels_last is not None else precision != "fp32"
+    channels_last = cfg.channels_last if cfg.channels_last is not None else precision in ("bf16", "fp16")
 
     train_loader, eval_loader, classes, eval_name, channels = make_data(
         data, recipe, recipe.batch_size, cfg.seed, cfg.data_dir, recipe.val_split, card.input_size, device,
-        channels_last, cfg.train_limit)
+        channels_last, cfg.train_limit, dist.rank, dist.world)
     model = create_model(cfg.model, num_classes=len(classes), in_chans=channels, **cfg.model_options)
     transfer_note = _setup_transfer(cfg, model, recipe, resume_state is None)
     model = model.to(device)
+    dtype = torch.float64 if precision == "fp64" else None  # fp64: inputs and weights in double
+    if dtype:
+        model = model.to(dtype)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     scaled = None
@@ -322,7 +360,15 @@ def _train(cfg: TrainConfig) -> RunResult:
     scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = model
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if cfg.sync_bn:
+            model = step_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # the optimiser holds the same parameter objects; `model` stays the bare module whose state is saved
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = torch.compile(step_model) if cfg.compile else step_model
 
     if cfg.out:
         run_dir = Path(cfg.out)
@@ -331,7 +377,8 @@ def _train(cfg: TrainConfig) -> RunResult:
     else:
         tag = data.replace(":", "_").replace("/", "_")
         run_dir = Path("runs") / f"{cfg.model}-{tag}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * recipe.epochs
@@ -360,12 +407,17 @@ def _train(cfg: TrainConfig) -> RunResult:
         "classes": list(classes), "steps_per_epoch": steps_per_epoch, "macs_per_image": macs,
         "versions": {"cnnlab": _version(), "torch": torch.__version__, "torchvision": _tv_version()},
         "hardware": hardware(device),
+        "distributed": {"world_size": dist.world, "backend": torch.distributed.get_backend() if dist.active
+                        else None, "per_rank_batch": recipe.batch_size // dist.world},
     }
-    atomic_write_json(run_dir / "config.json", resolved)
     metrics_path = run_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start_epoch)
+    if dist.main:
+        atomic_write_json(run_dir / "config.json", resolved)
+        _truncate_metrics(metrics_path, start_epoch)
 
     def log(record: dict):
+        if not dist.main:
+            return
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -381,7 +433,7 @@ def _train(cfg: TrainConfig) -> RunResult:
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         }
 
-    say = (lambda *a: None) if cfg.quiet else print
+    say = (lambda *a: None) if cfg.quiet or not dist.main else print
     if transfer_note:
         say(transfer_note)
     if start_epoch == 0:
@@ -391,10 +443,12 @@ def _train(cfg: TrainConfig) -> RunResult:
     else:
         say(f"resuming {run_dir} after epoch {start_epoch} of {recipe.epochs}")
 
-    progress = _progress(cfg.quiet)
+    progress = _progress(cfg.quiet or not dist.main)
     final = history[-1] if history else {}
     for epoch in range(start_epoch, recipe.epochs):
         train_loader.epoch = epoch
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
         model.train()
         t0 = time.time()
         seen = correct = 0
@@ -404,7 +458,7 @@ def _train(cfg: TrainConfig) -> RunResult:
         if progress and epoch == start_epoch:
             progress.start()
         for i, (x, y) in enumerate(train_loader):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
             lr = recipe.lr * recipe.lr_factor(step, steps_per_epoch, total_steps) * plateau["factor"]
             for g in optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
@@ -412,7 +466,11 @@ def _train(cfg: TrainConfig) -> RunResult:
                 with autocast():
                     out = step_model(x)
                     loss, logits = _loss(out, y, recipe.label_smoothing)
-                value = loss.item()
+                value, hits, n = loss.item(), (logits.argmax(1) == y).sum().item(), y.numel()
+                if dist.active:  # the step's loss and accuracy over every rank (one small all-reduce): all
+                    # ranks then agree on whether the loss is finite, and the logs show the global batch
+                    total, hits, n = dist.sum([value * n, hits, n], device)
+                    value = total / n
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 if not _out_of_memory(e):
                     raise
@@ -437,17 +495,16 @@ def _train(cfg: TrainConfig) -> RunResult:
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            n = y.numel()
-            seen += n
+            seen += int(n)
             loss_sum += value * n
-            correct += (logits.argmax(1) == y).sum().item()
+            correct += int(hits)
             ips = seen / max(1e-9, time.time() - t0)
             if progress:
                 progress.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen, ips=ips)
             if cfg.log_every and step % cfg.log_every == 0:
                 log({"kind": "step", "epoch": epoch + 1, "step": step, "loss": value, "lr": lr, "images_per_s": ips})
         train_seconds = time.time() - t0
-        ev = evaluate_loader(model, eval_loader, device, autocast)
+        ev = evaluate_loader(model, eval_loader, device, autocast, dist, dtype)
         record = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": loss_sum / seen,
                   "train_top1": 100.0 * correct / seen, "eval_split": eval_name, "eval_loss": ev["loss"],
                   "eval_top1": ev["top1"], "eval_top5": ev["top5"], "lr": lr, "seconds": train_seconds,
@@ -466,21 +523,25 @@ def _train(cfg: TrainConfig) -> RunResult:
         log(record)
         is_best = ev["top1"] > best_top1
         best_top1 = max(best_top1, ev["top1"])
-        state = checkpoint_state(epoch + 1)
-        save_checkpoint(state, run_dir / "last.pt")
-        if is_best:
-            save_checkpoint(state, run_dir / "best.pt")
+        if dist.main:
+            state = checkpoint_state(epoch + 1)
+            save_checkpoint(state, run_dir / "last.pt")
+            if is_best:
+                save_checkpoint(state, run_dir / "best.pt")
         final = record
         say(f"epoch {epoch + 1:>3}/{recipe.epochs}  train loss {record['train_loss']:.4f} "
             f"acc {record['train_top1']:.2f}%  {eval_name} loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}% "
             f"top-5 {ev['top5']:.2f}%  {record['images_per_s']:,.0f} img/s  {train_seconds:.1f}s")
-        write_curves(history, run_dir / "curves.png")
+        if dist.main:
+            write_curves(history, run_dir / "curves.png")
     if progress:
         progress.stop()
     seconds = time.time() - started
-    write_summary(run_dir, resolved, history, best_top1, seconds)
+    if dist.main:
+        write_summary(run_dir, resolved, history, best_top1, seconds)
+    dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written everything
     say(f"done: best {eval_name} top-1 {best_top1:.2f}% in {seconds:.1f}s; run folder {run_dir}")
-    return RunResult(run_dir, recipe.epochs, best_top1, final, seconds)
+    return RunResult(run_dir, recipe.epochs, best_top1, final, seconds, dist.rank)
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -1,0 +1,136 @@
+"""Data-parallel training on PyTorch's own engine: torch.distributed + DistributedDataParallel, launched by
+``torchrun`` (which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for every worker).
+
+Semantics (see docs/distributed.md):
+
+* ``--batch-size`` is the global batch; each of the W ranks gets the rows ``r::W`` of every global batch,
+  so the order of batches and the learning-rate schedule are the single-process ones, and with a mean loss
+  and DDP's gradient averaging over equal shards every update equals the single-process update up to the
+  order of float additions.
+* Only rank 0 writes files or prints; metrics are sums reduced over all ranks.
+* The backend is NCCL when each worker has a GPU, gloo on CPU. Every wait is bounded by a timeout
+  (``CNNLAB_DIST_TIMEOUT`` seconds, default 300), so a missing peer or an unreachable rendezvous ends the
+  run with an error instead of a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from cnnlab.errors import CnnlabError
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in the job; world 1 is a plain single-process run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def sum(self, values: list[float], device) -> list[float]:
+        """Element-wise sum of ``values`` over all ranks, in float64."""
+        if not self.active:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def launched_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def restarted() -> bool:
+    """True in workers that torchrun started again after a failure (``--max-restarts``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
+def timeout_s() -> float:
+    text = os.environ.get("CNNLAB_DIST_TIMEOUT", "")
+    try:
+        value = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise CnnlabError(f"CNNLAB_DIST_TIMEOUT must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise CnnlabError(f"CNNLAB_DIST_TIMEOUT must be positive, got {text!r}")
+    return value
+
+
+def init(device_name: str) -> tuple[Dist, str]:
+    """Join the process group that torchrun's environment describes; returns (Dist, device name to use).
+    Without torchrun's variables (or with WORLD_SIZE=1) nothing is initialised."""
+    if not launched_by_torchrun():
+        return Dist(), device_name
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise CnnlabError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (torchrun sets them)") from None
+    if world == 1:
+        return Dist(), device_name
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise CnnlabError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        if local_rank >= torch.cuda.device_count():
+            raise CnnlabError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                              f"start at most that many processes per node (--nproc-per-node)")
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if use_cuda else "gloo"
+    seconds = timeout_s()
+    if not dist.is_initialized():
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        try:
+            # the store torchrun's agent serves (or rank 0 hosts without an agent), with keys prefixed by the
+            # restart count: workers restarted after a failure never read the dead generation's addresses
+            agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                  is_master=rank == 0 and not agent, timeout=timedelta(seconds=seconds))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group(backend, store=dist.PrefixStore(f"cnnlab/attempt_{attempt}", store),
+                                    rank=rank, world_size=world, timeout=timedelta(seconds=seconds))
+        except KeyError as e:
+            raise CnnlabError(f"{e.args[0]} is not set: launch with torchrun, which sets it") from None
+        except (RuntimeError, ValueError, dist.DistError) as e:
+            raise CnnlabError(f"rank {rank} of {world} could not join the process group at {where} within "
+                              f"{seconds:g} s ({str(e).splitlines()[0][:200]}); check --rdzv-endpoint / "
+                              f"MASTER_ADDR and MASTER_PORT, and that every node was started") from None
+    return Dist(rank, world, local_rank), ("cuda" if use_cuda else "cpu")
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def torchrun_command(nproc: int, argv: list[str], max_restarts: int = 0) -> list[str]:
+    """The torchrun command line that ``cnnlab train --nproc N`` runs: a standalone (single-node) job."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            f"--max-restarts={max_restarts}", "-m", "cnnlab", *argv]
+
+
+def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
+    """Run ``cnnlab <argv>`` in ``nproc`` workers under torchrun on this machine; returns its exit code."""
+    return subprocess.call(torchrun_command(nproc, argv, max_restarts))
