@@ -8,7 +8,13 @@ import torchvision
 
 from cnnlab import create_model, list_models, model_card
 from cnnlab.models.layers import LocalResponseNorm, ScaledTanh
-from cnnlab.models.lenet import C3_TABLE, DIGIT_BITMAPS, connection_table, rbf_prototypes
+from cnnlab.models.lenet import (
+    C3_TABLE,
+    DIGIT_BITMAPS,
+    connection_table,
+    rbf_prototypes,
+)
+from cnnlab.transfer import TORCHVISION_WEIGHTS
 
 # Published parameter counts: the papers, the lecture, torchvision (exact) and VGG's Table 2 (millions).
 EXACT_PARAMS = {
@@ -64,18 +70,21 @@ def test_forward_at_the_published_input(name):
 
 
 # -- torchvision compatibility ---------------------------------------------------------------------------
-TORCHVISION = ["alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
+# every torchvision-compatible name; torchvision builds GoogLeNet and Inception v3 with aux heads when weighted
+TV_BUILDERS = {"googlenet_bn": ("googlenet", {"aux_logits": True, "init_weights": True}),
+               "inception_v3": ("inception_v3", {"aux_logits": True, "init_weights": True})}
 
 
-@pytest.mark.parametrize("name", TORCHVISION)
+@pytest.mark.parametrize("name", sorted(TORCHVISION_WEIGHTS))
 def test_loads_torchvision_state_dict_key_for_key_and_computes_the_same(name):
-    theirs = getattr(torchvision.models, name)(weights=None).eval()
+    builder, kw = TV_BUILDERS.get(name, (name, {}))
+    theirs = getattr(torchvision.models, builder)(weights=None, **kw).eval()
     ours = create_model(name).eval()
     sd_theirs, sd_ours = theirs.state_dict(), ours.state_dict()
     assert list(sd_ours) == list(sd_theirs)
     assert all(sd_ours[k].shape == sd_theirs[k].shape for k in sd_theirs)
     ours.load_state_dict(sd_theirs, strict=True)
-    x = torch.randn(1, 3, 96, 96)  # the adaptive pool makes a small input enough, and keeps the test fast
+    x = torch.randn(1, 3, 96, 96)  # adaptive pools make a small input enough, and keep the test fast
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
 

@@ -6,6 +6,9 @@ import torch
 import cnnlab
 from cnnlab import CnnlabError, create_model, list_models, model_card
 from cnnlab.models.registry import METRICS
+from cnnlab.transfer import (
+    TORCHVISION_WEIGHTS,  # the mapping transfer learning downloads by
+)
 
 EXPECTED = {
     "lenet5", "lenet5_modern", "alexnet", "alexnet_paper", "zfnet", "vgg11", "vgg13", "vgg16", "vgg19",
@@ -74,18 +77,11 @@ def test_num_classes_and_in_chans_are_honoured(name):
     assert tuple(out.shape) == (1, 7)
 
 
-TORCHVISION_WEIGHTS = {
-    "alexnet": "AlexNet_Weights", "vgg11": "VGG11_Weights", "vgg11_bn": "VGG11_BN_Weights",
-    "vgg13": "VGG13_Weights", "vgg13_bn": "VGG13_BN_Weights", "vgg16": "VGG16_Weights",
-    "vgg16_bn": "VGG16_BN_Weights", "vgg19": "VGG19_Weights", "vgg19_bn": "VGG19_BN_Weights",
-    "googlenet_bn": "GoogLeNet_Weights", "inception_v3": "Inception_V3_Weights",
-    "resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
-    "resnet101": "ResNet101_Weights", "resnet152": "ResNet152_Weights",
-    "resnext50_32x4d": "ResNeXt50_32X4D_Weights", "resnext101_32x8d": "ResNeXt101_32X8D_Weights",
-    "wide_resnet50_2": "Wide_ResNet50_2_Weights", "wide_resnet101_2": "Wide_ResNet101_2_Weights",
-    "densenet121": "DenseNet121_Weights", "densenet161": "DenseNet161_Weights",
-    "densenet169": "DenseNet169_Weights", "densenet201": "DenseNet201_Weights",
-}
+def test_every_card_citing_torchvision_has_its_weights_mapped():
+    citing = {n for n in list_models() if any(f.source.startswith("torchvision ") for f in model_card(n).figures)}
+    assert citing == set(TORCHVISION_WEIGHTS)
+    for name in citing:
+        assert any(TORCHVISION_WEIGHTS[name] + "." in f.source for f in model_card(name).figures)
 
 
 # Models whose source prints no figure we could verify: the lecture's CIFAR VGG; NIN on ImageNet (the paper

@@ -58,19 +58,6 @@ def test_fidelity_of_computable_figures():
     assert all(r.agrees for r in rows), [(r.model, r.figure.metric, r.ours) for r in rows if not r.agrees]
 
 
-@pytest.mark.parametrize("name", TORCHVISION)
-def test_loads_torchvision_state_dict_key_for_key_and_computes_the_same(name):
-    theirs = getattr(torchvision.models, name)(weights=None).eval()
-    ours = create_model(name).eval()
-    sd_theirs, sd_ours = theirs.state_dict(), ours.state_dict()
-    assert list(sd_ours) == list(sd_theirs)
-    assert all(sd_ours[k].shape == sd_theirs[k].shape for k in sd_theirs)
-    ours.load_state_dict(sd_theirs, strict=True)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
-
-
 def test_densenet264_is_table_1():
     m = meta_model("densenet264")
     f = m.features

@@ -36,7 +36,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import LocalResponseNorm
-from cnnlab.models.registry import Figure, Paper, register_model
+from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 PAPER = Paper(
     title="ImageNet Classification with Deep Convolutional Neural Networks",
@@ -130,17 +130,11 @@ class AlexNetPaper(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-TV = "torchvision AlexNet_Weights.IMAGENET1K_V1 metadata"
-
-
 @register_model(
     paper=TORCHVISION_PAPER, input_size=(3, 224, 224),
     summary="torchvision's AlexNet (64-192-384-256-256, no LRN); loads torchvision weights",
     figures=(
-        Figure("params", 61_100_840, TV),
-        Figure("macs", 0.714e9, TV + " (its GFLOPS column counts multiply-adds)", 0.001e9),
-        Figure("top1_acc", 56.522, TV, 0.001, "ImageNet-1K val, torchvision weights"),
-        Figure("top5_acc", 79.066, TV, 0.001, "ImageNet-1K val, torchvision weights"),
+        *torchvision_figures("AlexNet_Weights", 61_100_840, 0.714, 56.522, 79.066),
     ),
 )
 def alexnet(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> nn.Module:

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
 
-from cnnlab.models.registry import Figure, Paper, register_model
+from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 PAPER = Paper(
     title="Densely Connected Convolutional Networks",
@@ -212,16 +212,6 @@ class DenseNet(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def _tv(weights: str, params: int, gflops: float, top1: float, top5: float) -> tuple[Figure, ...]:
-    src = f"torchvision {weights}.IMAGENET1K_V1 metadata"
-    return (
-        Figure("params", params, src),
-        Figure("macs", gflops * 1e9, src + " (its GFLOPS column counts multiply-adds)", 0.001e9),
-        Figure("top1_acc", top1, src, 0.001, "ImageNet-1K val, torchvision weights"),
-        Figure("top5_acc", top5, src, 0.001, "ImageNet-1K val, torchvision weights"),
-    )
-
-
 def _register_imagenet(name: str, tv: tuple | None, what: str):
     k, blocks = IMAGENET[name]
 
@@ -232,7 +222,7 @@ def _register_imagenet(name: str, tv: tuple | None, what: str):
 
     builder.__name__ = builder.__qualname__ = name
     builder.__module__ = __name__
-    register_model(paper=PAPER, input_size=(3, 224, 224), summary=what, figures=_tv(*tv) if tv else ())(builder)
+    register_model(paper=PAPER, input_size=(3, 224, 224), summary=what, figures=torchvision_figures(*tv) if tv else ())(builder)
     globals()[name] = builder
 
 

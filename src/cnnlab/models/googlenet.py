@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.models.layers import GoogLeNetOutputs, LocalResponseNorm
-from cnnlab.models.registry import Figure, Paper, register_model
+from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 PAPER = Paper(
     title="Going Deeper with Convolutions",
@@ -242,9 +242,6 @@ def agrees(ours: float, paper: float) -> bool:
     return abs(ours - paper) < 1 or abs(ours - paper) <= 0.01 * paper
 
 
-_TV = "torchvision GoogLeNet_Weights.IMAGENET1K_V1 metadata"
-
-
 @register_model(
     paper=PAPER, input_size=(3, 224, 224), paper_table=lambda: render_table1("googlenet", aux_logits=False),
     summary="GoogLeNet as published: Table 1 inception modules, LRN, real 5x5 branches, two aux classifiers",
@@ -266,11 +263,8 @@ def googlenet(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = Tru
     paper=PAPER, input_size=(3, 224, 224),
     summary="torchvision's GoogLeNet: BatchNorm, 3x3 '5x5' branches, loads its weights key for key",
     figures=(
-        Figure("params", 6_624_904, _TV + " (without aux heads)", options={"aux_logits": False}),
-        Figure("macs", 1.498e9, _TV + " (its GFLOPS column counts multiply-adds)", 0.001e9,
-               options={"aux_logits": False}),
-        Figure("top1_acc", 69.778, _TV, 0.001, "ImageNet-1K val, torchvision weights"),
-        Figure("top5_acc", 89.530, _TV, 0.001, "ImageNet-1K val, torchvision weights"),
+        *torchvision_figures("GoogLeNet_Weights", 6_624_904, 1.498, 69.778, 89.530, options={"aux_logits": False},
+                             params_note="without the auxiliary heads"),
     ),
 )
 def googlenet_bn(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = True, dropout: float = 0.2,

@@ -110,7 +110,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import InceptionOutputs
-from cnnlab.models.registry import Figure, Paper, register_model
+from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 RETHINKING = Paper(
     title="Rethinking the Inception Architecture for Computer Vision",
@@ -553,7 +553,6 @@ class InceptionResNetV2(nn.Module):
 
 
 # -- registry ------------------------------------------------------------------------------------------------
-_TV = "torchvision Inception_V3_Weights.IMAGENET1K_V1 metadata"
 _TABLE2 = "Szegedy et al. 2017, Table 2"
 _TABLE2_NOTE = "ILSVRC 2012 val (non-blacklisted subset), single crop, single model"
 
@@ -562,11 +561,9 @@ _TABLE2_NOTE = "ILSVRC 2012 val (non-blacklisted subset), single crop, single mo
     paper=RETHINKING, input_size=(3, 299, 299),
     summary="Inception-v3: factorised convolutions, grid reductions, BN auxiliary head (torchvision's tree)",
     figures=(
-        Figure("params", 27_161_264, _TV, note="counts the auxiliary head, which the weights carry"),
-        Figure("macs", 5.713e9, _TV + " (its GFLOPS column counts multiply-adds)", 0.001e9,
-               "eval-mode pass, without the auxiliary head"),
-        Figure("top1_acc", 77.294, _TV, 0.001, "ImageNet-1K val, torchvision weights"),
-        Figure("top5_acc", 93.450, _TV, 0.001, "ImageNet-1K val, torchvision weights"),
+        *torchvision_figures("Inception_V3_Weights", 27_161_264, 5.713, 77.294, 93.450,
+                             params_note="counts the auxiliary head, which the weights carry",
+                             macs_note="eval-mode pass, without the auxiliary head"),
         Figure("macs", 5e9, "Szegedy et al. 2016, abstract: 5 billion multiply-adds per inference", 1e9,
                "the paper's network; the released one adds 5x5 branches"),
         Figure("top1_err", 21.2, "Szegedy et al. 2016, abstract", 0.1,

@@ -17,7 +17,8 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["Figure", "ModelCard", "Paper", "create_model", "list_models", "model_card", "model_options", "register_model"]
+__all__ = ["Figure", "ModelCard", "Paper", "create_model", "list_models", "model_card", "model_options", "register_model",
+           "torchvision_figures"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,21 @@ class Figure:
     def __post_init__(self):
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(METRICS)}")
+
+
+def torchvision_figures(weights: str, params: int, gflops: float, top1: float, top5: float, *,
+                        options: dict | None = None, params_note: str = "", macs_note: str = "") -> tuple[Figure, ...]:
+    """The four figures of a torchvision weights enum's IMAGENET1K_V1 metadata. ``options`` are the
+    ``create_model`` options the parameter and multiply-add counts refer to (e.g. without aux heads)."""
+    src = f"torchvision {weights}.IMAGENET1K_V1 metadata"
+    opts = dict(options or {})
+    return (
+        Figure("params", params, src, note=params_note, options=opts),
+        Figure("macs", gflops * 1e9, src + " (its GFLOPS column counts multiply-adds)", 0.001e9, macs_note,
+               options=opts),
+        Figure("top1_acc", top1, src, 0.001, "ImageNet-1K val, torchvision weights"),
+        Figure("top5_acc", top5, src, 0.001, "ImageNet-1K val, torchvision weights"),
+    )
 
 
 @dataclass(frozen=True)

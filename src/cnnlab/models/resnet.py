@@ -40,7 +40,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import linear_drop_probs, stochastic_residual
-from cnnlab.models.registry import Figure, Paper, register_model
+from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 PAPER = Paper(
     title="Deep Residual Learning for Image Recognition",
@@ -224,16 +224,6 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _tv(weights: str, params: int, gflops: float, top1: float, top5: float) -> tuple[Figure, ...]:
-    src = f"torchvision {weights}.IMAGENET1K_V1 metadata"
-    return (
-        Figure("params", params, src),
-        Figure("macs", gflops * 1e9, src + " (its GFLOPS column counts multiply-adds)", 0.001e9),
-        Figure("top1_acc", top1, src, 0.001, "ImageNet-1K val, torchvision weights"),
-        Figure("top5_acc", top5, src, 0.001, "ImageNet-1K val, torchvision weights"),
-    )
-
-
 def _table1_flops(depth: int, billions: float) -> Figure:
     if depth in (18, 34):
         # The 18/34-layer rows match option A (zero-padding shortcuts, which add no multiply-adds), the one
@@ -278,15 +268,15 @@ def _paper_figures(depth: int, billions: float) -> tuple[Figure, ...]:
 
 #          name              depth  torchvision: weights enum, params, GFLOPS, acc@1, acc@5          Table 1
 _register("resnet18", PAPER, "ResNet-18 (basic blocks), torchvision-compatible",
-          _tv("ResNet18_Weights", 11_689_512, 1.814, 69.758, 89.078) + (_table1_flops(18, 1.8),), depth=18)
+          torchvision_figures("ResNet18_Weights", 11_689_512, 1.814, 69.758, 89.078) + (_table1_flops(18, 1.8),), depth=18)
 _register("resnet34", PAPER, "ResNet-34 (basic blocks), torchvision-compatible",
-          _tv("ResNet34_Weights", 21_797_672, 3.664, 73.314, 91.420) + _paper_figures(34, 3.6), depth=34)
+          torchvision_figures("ResNet34_Weights", 21_797_672, 3.664, 73.314, 91.420) + _paper_figures(34, 3.6), depth=34)
 _register("resnet50", PAPER, "ResNet-50 v1.5 (stride on the 3x3), torchvision-compatible",
-          _tv("ResNet50_Weights", 25_557_032, 4.089, 76.130, 92.862), depth=50)
+          torchvision_figures("ResNet50_Weights", 25_557_032, 4.089, 76.130, 92.862), depth=50)
 _register("resnet101", PAPER, "ResNet-101 v1.5 (stride on the 3x3), torchvision-compatible",
-          _tv("ResNet101_Weights", 44_549_160, 7.801, 77.374, 93.546), depth=101)
+          torchvision_figures("ResNet101_Weights", 44_549_160, 7.801, 77.374, 93.546), depth=101)
 _register("resnet152", PAPER, "ResNet-152 v1.5 (stride on the 3x3), torchvision-compatible",
-          _tv("ResNet152_Weights", 60_192_808, 11.514, 78.312, 94.046), depth=152)
+          torchvision_figures("ResNet152_Weights", 60_192_808, 11.514, 78.312, 94.046), depth=152)
 _register("resnet50_v1", PAPER, "ResNet-50 as published (stride on the first 1x1)",
           _paper_figures(50, 3.8), depth=50, stride_on="1x1")
 _register("resnet101_v1", PAPER, "ResNet-101 as published (stride on the first 1x1)",
@@ -294,17 +284,17 @@ _register("resnet101_v1", PAPER, "ResNet-101 as published (stride on the first 1
 _register("resnet152_v1", PAPER, "ResNet-152 as published (stride on the first 1x1)",
           _paper_figures(152, 11.3), depth=152, stride_on="1x1")
 _register("resnext50_32x4d", RESNEXT, "ResNeXt-50 32x4d (grouped 3x3), torchvision-compatible",
-          _tv("ResNeXt50_32X4D_Weights", 25_028_904, 4.230, 77.618, 93.698)
+          torchvision_figures("ResNeXt50_32X4D_Weights", 25_028_904, 4.230, 77.618, 93.698)
           + (Figure("macs", 4.2e9, "Xie et al. 2017, Table 1 (ResNeXt-50 32x4d FLOPs)", 0.1e9),
              Figure("params", 25.0e6, "Xie et al. 2017, Table 1 (ResNeXt-50 32x4d)", 0.1e6)),
           depth=50, groups=32, width_per_group=4)
 _register("resnext101_32x8d", RESNEXT, "ResNeXt-101 32x8d (grouped 3x3), torchvision-compatible",
-          _tv("ResNeXt101_32X8D_Weights", 88_791_336, 16.414, 79.312, 94.526),
+          torchvision_figures("ResNeXt101_32X8D_Weights", 88_791_336, 16.414, 79.312, 94.526),
           depth=101, groups=32, width_per_group=8)
 _register("wide_resnet50_2", WIDE, "Wide ResNet-50-2 (bottleneck 3x3 twice as wide), torchvision-compatible",
-          _tv("Wide_ResNet50_2_Weights", 68_883_240, 11.398, 78.468, 94.086), depth=50, width_per_group=128)
+          torchvision_figures("Wide_ResNet50_2_Weights", 68_883_240, 11.398, 78.468, 94.086), depth=50, width_per_group=128)
 _register("wide_resnet101_2", WIDE, "Wide ResNet-101-2 (bottleneck 3x3 twice as wide), torchvision-compatible",
-          _tv("Wide_ResNet101_2_Weights", 126_886_696, 22.753, 78.848, 94.284), depth=101, width_per_group=128)
+          torchvision_figures("Wide_ResNet101_2_Weights", 126_886_696, 22.753, 78.848, 94.284), depth=101, width_per_group=128)
 _register("plain18", PAPER, "the paper's 18-layer plain baseline: ResNet-18 without shortcuts",
           (Figure("macs", 1.8e9, "He et al. 2016, Table 1 (18-layer FLOPs)", 0.1e9,
                   "the paper's 'FLOPs' are multiply-adds"),), depth=18, plain=True)

@@ -31,7 +31,7 @@ from torch import nn
 import torch
 
 from cnnlab.models.layers import LocalResponseNorm
-from cnnlab.models.registry import Figure, Paper, register_model
+from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 PAPER = Paper(
     title="Very Deep Convolutional Networks for Large-Scale Image Recognition",
@@ -111,18 +111,8 @@ def _table2(cfg: str, millions: int) -> Figure:
     return Figure("params", millions * 1e6, f"Simonyan & Zisserman 2015, Table 2: configuration {cfg}", 1e6)
 
 
-def _tv(weights: str, params: int, gflops: float, top1: float, top5: float) -> tuple[Figure, ...]:
-    src = f"torchvision {weights}.IMAGENET1K_V1 metadata"
-    return (
-        Figure("params", params, src),
-        Figure("macs", gflops * 1e9, src + " (its GFLOPS column counts multiply-adds)", 0.001e9),
-        Figure("top1_acc", top1, src, 0.001, "ImageNet-1K val, torchvision weights"),
-        Figure("top5_acc", top5, src, 0.001, "ImageNet-1K val, torchvision weights"),
-    )
-
-
 def _register(name: str, cfg: str, bn: bool, millions: int, tv: tuple | None, what: str):
-    figures = (_table2(cfg, millions),) + (_tv(*tv) if tv else ())
+    figures = (_table2(cfg, millions),) + (torchvision_figures(*tv) if tv else ())
 
     def builder(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> nn.Module:
         return _vgg(cfg, bn, num_classes, in_chans, dropout)

@@ -11,7 +11,7 @@ import torch
 from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_open
 from cnnlab.train.evaluate import model_from_checkpoint
-from cnnlab.transfer.weights import heads
+from cnnlab.transfer.weights import embed
 
 
 def embed_dataset(checkpoint: str, out: str, data: str | None = None, split: str = "test", data_dir=None,
@@ -21,33 +21,30 @@ def embed_dataset(checkpoint: str, out: str, data: str | None = None, split: str
     from cnnlab.data.memory import Augment, MemoryLoader, load
 
     model, state = model_from_checkpoint(checkpoint)
-    name, options = state["model_name"], state.get("model_options", {})
     data = data or state["data"]
-    head = model.get_submodule(heads(model, name, **options)[-1])
-    feats, labels = [], []
-    handle = head.register_forward_pre_hook(lambda m, args: feats.append(args[0].detach().flatten(1).float()))
-    try:
-        if data.startswith("folder:"):
-            from cnnlab.data.folder import folder_datasets, folder_loader
+    if data.startswith("folder:"):
+        from cnnlab.data.folder import folder_datasets, folder_loader
 
-            train, evald, classes, _ = folder_datasets(data.split(":", 1)[1], state["input_size"][1], None, 0,
-                                                       state["in_chans"])
-            loader = folder_loader(train if split == "train" else evald, batch_size, False, 0)
-        else:
-            ds = load(data, split, data_dir)
-            if ds.channels != state["in_chans"]:
-                raise CnnlabError(f"{data} has {ds.channels}-channel images but the model takes "
-                                  f"{state['in_chans']}; embed a dataset like the one it was trained on")
-            classes = ds.classes
-            loader = MemoryLoader(ds, batch_size, False, Augment(**state["recipe"]["augment"]))
-        with torch.no_grad():
-            for x, y in loader:
-                model(x)
-                labels.append(y)
-    finally:
-        handle.remove()
+        train, evald, classes, _ = folder_datasets(data.split(":", 1)[1], state["input_size"][1], None, 0,
+                                                   state["in_chans"])
+        loader = folder_loader(train if split == "train" else evald, batch_size, False, 0)
+    else:
+        ds = load(data, split, data_dir)
+        if ds.channels != state["in_chans"]:
+            raise CnnlabError(f"{data} has {ds.channels}-channel images but the model takes "
+                              f"{state['in_chans']}; embed a dataset like the one it was trained on")
+        classes = ds.classes
+        loader = MemoryLoader(ds, batch_size, False, Augment(**state["recipe"]["augment"]))
+    labels = []
+
+    def images():
+        for x, y in loader:
+            labels.append(y)
+            yield x
+
+    features = embed(model, state["model_name"], images(), **state.get("model_options", {}))
     buf = io.BytesIO()
-    np.savez(buf, features=torch.cat(feats).numpy(), labels=torch.cat(labels).numpy(),
+    np.savez(buf, features=features, labels=torch.cat(labels).numpy(),
              classes=np.array(list(classes)))
     path = Path(out)
     with atomic_open(path, "wb") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import types
 import urllib.error
 from dataclasses import dataclass, field
@@ -55,10 +56,15 @@ def _is_aux(key: str) -> bool:
 def head_keys(name: str, **options) -> set[str]:
     """The state_dict keys that depend on the class count: every classifier head, auxiliary ones included.
     Found by building the model for two class counts on the meta device and comparing shapes."""
+    return set(_head_keys(name, tuple(sorted(options.items()))))
+
+
+@functools.lru_cache(maxsize=64)
+def _head_keys(name: str, options: tuple) -> frozenset[str]:
     with torch.device("meta"):
-        a = create_model(name, num_classes=7, **options).state_dict()
-        b = create_model(name, num_classes=11, **options).state_dict()
-    return {k for k in a if k in b and a[k].shape != b[k].shape}
+        a = create_model(name, num_classes=7, **dict(options)).state_dict()
+        b = create_model(name, num_classes=11, **dict(options)).state_dict()
+    return frozenset(k for k in a if k in b and a[k].shape != b[k].shape)
 
 
 def heads(model: nn.Module, name: str, **options) -> list[str]:
@@ -211,19 +217,20 @@ def param_groups(model: nn.Module, head_names: list[str], backbone_scale: float)
     return [(head, 1.0), (backbone, backbone_scale)]
 
 
-def embed(model: nn.Module, name: str, images: torch.Tensor, batch_size: int = 256, **options) -> np.ndarray:
+def embed(model: nn.Module, name: str, images, batch_size: int = 256, **options) -> np.ndarray:
     """Penultimate-layer features: the input of the main classifier head, flattened, for preprocessed
-    ``images`` (N x C x H x W). Hooks are removed afterwards."""
-    main_head = heads(model, name, **options)[-1]
-    module = model.get_submodule(main_head)
+    ``images`` (an N x C x H x W tensor, or an iterable of such batches). Hooks are removed afterwards."""
+    if isinstance(images, torch.Tensor):
+        images = images.split(batch_size)
+    module = model.get_submodule(heads(model, name, **options)[-1])
     captured = []
     handle = module.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach().flatten(1)))
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                model(images[i:i + batch_size])
+            for x in images:
+                model(x)
     finally:
         handle.remove()
         model.train(was)
