@@ -25,6 +25,38 @@ def test_mnist_ships_inside_the_package_with_official_checksums():
     assert all(EMBEDDED in s.path.parents for s in status)
 
 
+def test_official_file_lists_match_torchvisions():
+    """Our written-out URLs, file names and MD5s agree with the ones torchvision's dataset classes publish."""
+    import torchvision.datasets as tvd
+
+    for name, cls in (("mnist", tvd.MNIST), ("fashion_mnist", tvd.FashionMNIST), ("kmnist", tvd.KMNIST)):
+        s = spec(name)
+        files = [f for split in ("train", "test") for f in s.files[split]]
+        assert sorted((f.name, f.md5) for f in files) == sorted(cls.resources)
+        assert all(f.urls == tuple(m + f.name for m in cls.mirrors) for f in files)
+    assert list(spec("fashion_mnist").classes) == tvd.FashionMNIST.classes
+    assert list(spec("kmnist").classes) == tvd.KMNIST.classes
+    for name, cls in (("cifar10", tvd.CIFAR10), ("cifar100", tvd.CIFAR100)):
+        s = spec(name)
+        assert (s.archive.name, s.archive.md5, s.archive.urls) == (cls.filename, cls.tgz_md5, (cls.url,))
+        for split, listed in (("train", cls.train_list), ("test", cls.test_list)):
+            assert [(f.name, f.md5) for f in s.files[split]] == [(f"{cls.base_folder}/{f}", m) for f, m in listed]
+        meta = s.extra["meta"]
+        assert (meta.name, meta.md5) == (f"{cls.base_folder}/{cls.meta['filename']}", cls.meta["md5"])
+
+
+def test_the_main_command_does_not_import_torchvision():
+    """Importing torchvision costs 1-3 s (it pulls in torch._dynamo); MNIST training does not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cnnlab.cli, cnnlab.train.trainer, cnnlab.data, cnnlab.models; "
+            "cnnlab.data.load('mnist', 'test', data_dir='/nonexistent'); "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_mnist_facts():
     test = load("mnist", "test", data_dir="/nonexistent")
     assert test.images.shape == (10_000, 1, 28, 28) and test.images.dtype == torch.uint8

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 
 from cnnlab import create_model, list_models, model_card
-from cnnlab.models.layers import LocalResponseNorm, ScaledTanh
+from cnnlab.models.layers import FullConv2d, LocalResponseNorm, ScaledTanh, textbook_ops
 from cnnlab.models.lenet import (
     C3_TABLE,
     DIGIT_BITMAPS,
@@ -156,6 +156,50 @@ def test_rbf_prototypes_are_distinct_7x12_bitmaps():
 def test_scaled_tanh_constants():
     f = ScaledTanh()
     torch.testing.assert_close(f(torch.tensor([1.0, -1.0, 0.0])), torch.tensor([1.0, -1.0, 0.0]), atol=2e-4, rtol=0)
+
+
+def test_scaled_tanh_hand_written_backward_matches_the_formula():
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(ScaledTanh(), (x,))
+    torch.autograd.gradgradcheck(ScaledTanh(), (x,))  # saliency of saliency, Hessian-vector products
+    g = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(ScaledTanh()(x), x, g)
+    (ref,) = torch.autograd.grad(1.7159 * torch.tanh(2 / 3 * x), x, g)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_full_conv_is_a_convolution_computed_as_a_matrix_product():
+    torch.manual_seed(0)
+    fast, ref = FullConv2d(16, 120, 5), torch.nn.Conv2d(16, 120, 5)
+    ref.load_state_dict(fast.state_dict())
+    for size in (5, 9):  # the kernel's size (matrix product), and larger (ordinary convolution, 5x5 out)
+        x = torch.randn(4, 16, size, size, requires_grad=True)
+        out, out_ref = fast(x), ref(x)
+        assert out.shape == out_ref.shape
+        torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(out)
+        grads = torch.autograd.grad(out, (x, fast.weight, fast.bias), g)
+        grads_ref = torch.autograd.grad(out_ref, (x, ref.weight, ref.bias), g)
+        for a, b in zip(grads, grads_ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_textbook_ops_run_the_full_conv_as_a_convolution():
+    seen = []
+
+    class Spy(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func._overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    layer, x = FullConv2d(16, 120, 5), torch.randn(2, 16, 5, 5)
+    with Spy():
+        layer(x)
+    assert "convolution" not in seen and "addmm" in seen
+    seen.clear()
+    with textbook_ops(), Spy():
+        layer(x)
+    assert "convolution" in seen
 
 
 def test_lenet5_modern_structure():

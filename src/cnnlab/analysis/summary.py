@@ -37,7 +37,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from cnnlab.analysis.receptive_field import RF
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import LocalResponseNorm
+from cnnlab.models.layers import LocalResponseNorm, textbook_ops
 
 aten = torch.ops.aten
 
@@ -422,7 +422,8 @@ def _recording(model: nn.Module):
         for m in model.modules():
             handles.append(m.register_forward_pre_hook(rec.pre_hook))
             handles.append(m.register_forward_hook(rec.post_hook))
-        yield rec
+        with textbook_ops():  # layers run the operation they stand for, e.g. C5 as a convolution
+            yield rec
     finally:
         for h in handles:
             h.remove()

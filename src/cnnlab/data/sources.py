@@ -1,8 +1,9 @@
 """Where datasets live, what their official files are, and how to check and fetch them.
 
 Files keep their official names and formats: the MNIST family as IDX ``.gz`` files, CIFAR as the python
-pickle batches of the official archive. File lists, mirrors and MD5s are torchvision's (its dataset classes
-publish them), so there is one source of truth for every checksum.
+pickle batches of the official archive. File lists, mirrors and MD5s are the official ones, written out here
+so that the main command does not pay for importing torchvision (1-3 s); a test checks them against the ones
+torchvision's dataset classes publish.
 
 Data are looked for in ``--data-dir``, else ``$CNNLAB_DATA_DIR``, else the per-user cache folder
 (``~/.cache/cnnlab``, or ``$XDG_CACHE_HOME/cnnlab``). MNIST also ships inside the package, so the main
@@ -17,8 +18,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torchvision.datasets as tvd
 
 from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_open
@@ -52,41 +51,77 @@ class DatasetSpec:
     extra: dict = field(default_factory=dict, compare=False)
 
 
-def _idx(name: str, cls, classes, mean, std, homepage, licence, embedded=False) -> DatasetSpec:
-    md5 = dict(cls.resources)
+# The official files: (mirrors, {file: MD5}) for the MNIST family; the CIFAR archives and their batches.
+MNIST_FAMILY = {
+    "mnist": (("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"), {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}),
+    "fashion_mnist": (("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",), {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}),
+    "kmnist": (("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",), {
+        "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+        "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+        "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+        "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134"}),
+}
+CIFAR = {
+    "cifar10": {
+        "folder": "cifar-10-batches-py", "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "filename": "cifar-10-python.tar.gz", "md5": "c58f30108f718f92721af3b95e74349a",
+        "train": (("data_batch_1", "c99cafc152244af753f735de768cd75f"), ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+               ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"), ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+               ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb")),
+        "test": (("test_batch", "40351d587109b95175f43aff81a1287e"),),
+        "meta": ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888")},
+    "cifar100": {
+        "folder": "cifar-100-python", "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "filename": "cifar-100-python.tar.gz", "md5": "eb9058c3a382ffc7106e4002c42a8d85",
+        "train": (("train", "16019d7e3df5f24257cddd939b257f8d"),),
+        "test": (("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),),
+        "meta": ("meta", "7973b15100ade9c7d40fb424638fde48")},
+}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+KMNIST_CLASSES = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+
+
+def _idx(name: str, classes, mean, std, homepage, licence, embedded=False) -> DatasetSpec:
+    mirrors, md5 = MNIST_FAMILY[name]
     files = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         files[split] = tuple(
             FileSpec(f"{prefix}-{kind}-idx{n}-ubyte.gz", md5[f"{prefix}-{kind}-idx{n}-ubyte.gz"],
-                     tuple(m + f"{prefix}-{kind}-idx{n}-ubyte.gz" for m in cls.mirrors))
+                     tuple(m + f"{prefix}-{kind}-idx{n}-ubyte.gz" for m in mirrors))
             for kind, n in (("images", 3), ("labels", 1)))
     return DatasetSpec(name, name.replace("_", "-"), "idx", tuple(classes), 1, 28, mean, std, files,
                        homepage, licence, embedded=embedded)
 
 
-def _cifar(name: str, cls, classes, mean, std) -> DatasetSpec:
-    files = {
-        "train": tuple(FileSpec(f"{cls.base_folder}/{f}", m) for f, m in cls.train_list),
-        "test": tuple(FileSpec(f"{cls.base_folder}/{f}", m) for f, m in cls.test_list),
-    }
-    archive = FileSpec(cls.filename, cls.tgz_md5, (cls.url,))
+def _cifar(name: str, classes, mean, std) -> DatasetSpec:
+    c = CIFAR[name]
+    files = {split: tuple(FileSpec(f"{c['folder']}/{f}", m) for f, m in c[split]) for split in ("train", "test")}
+    archive = FileSpec(c["filename"], c["md5"], (c["url"],))
     return DatasetSpec(name, name.replace("cifar", "cifar-"), "cifar", tuple(classes), 3, 32, mean, std, files,
                        "https://www.cs.toronto.edu/~kriz/cifar.html", "no licence stated by the authors",
-                       archive=archive, extra={"meta": FileSpec(f"{cls.base_folder}/{cls.meta['filename']}",
-                                                                cls.meta["md5"])})
+                       archive=archive, extra={"meta": FileSpec(f"{c['folder']}/{c['meta'][0]}", c["meta"][1])})
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist": _idx("mnist", tvd.MNIST, [str(i) for i in range(10)], (0.1307,), (0.3081,),
+    "mnist": _idx("mnist", [str(i) for i in range(10)], (0.1307,), (0.3081,),
                   "http://yann.lecun.com/exdb/mnist/", "no licence stated (LeCun, Cortes, Burges)", embedded=True),
-    "fashion_mnist": _idx("fashion_mnist", tvd.FashionMNIST, tvd.FashionMNIST.classes, (0.2860,), (0.3530,),
+    "fashion_mnist": _idx("fashion_mnist", FASHION_MNIST_CLASSES, (0.2860,), (0.3530,),
                           "https://github.com/zalandoresearch/fashion-mnist", "MIT"),
-    "kmnist": _idx("kmnist", tvd.KMNIST, tvd.KMNIST.classes, (0.1918,), (0.3483,),
+    "kmnist": _idx("kmnist", KMNIST_CLASSES, (0.1918,), (0.3483,),
                    "https://github.com/rois-codh/kmnist", "CC BY-SA 4.0"),
-    "cifar10": _cifar("cifar10", tvd.CIFAR10, CIFAR10_CLASSES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": _cifar("cifar100", tvd.CIFAR100, (), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": _cifar("cifar10", CIFAR10_CLASSES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": _cifar("cifar100", (), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "cifar10_jpeg": DatasetSpec(
         "cifar10_jpeg", "cifar-10", "jpeg-tar", CIFAR10_CLASSES, 3, 32,
         (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import ScaledTanh
+from cnnlab.models.layers import FullConv2d, ScaledTanh
 from cnnlab.models.registry import Figure, Paper, register_model
 
 PAPER = Paper(
@@ -182,7 +182,7 @@ class LeNet5(nn.Module):
         self.s2 = Subsampling(6)
         self.c3 = PartialConv2d(connection_table(), 5)
         self.s4 = Subsampling(16)
-        self.c5 = nn.Conv2d(16, 120, 5)
+        self.c5 = FullConv2d(16, 120, 5)
         self.f6 = nn.Linear(120, 84)
         self.act = ScaledTanh()
         self.output = EuclideanRBF(rbf_prototypes(num_classes)) if head == "rbf" else nn.Linear(84, num_classes)

@@ -612,5 +612,6 @@ def _version() -> str:
 
 
 def _tv_version() -> str:
-    import torchvision
-    return torchvision.__version__
+    from importlib.metadata import version  # importing torchvision itself costs 1-3 s
+
+    return version("torchvision")
