@@ -20,7 +20,13 @@ import time
 import torch
 
 import cnnlab
-from cnnlab.train.trainer import TrainConfig, hardware, resolve_device, resolve_precision, train
+from cnnlab.train.trainer import (
+    TrainConfig,
+    hardware,
+    resolve_device,
+    resolve_precision,
+    train,
+)
 
 
 def main() -> None:
@@ -54,7 +60,7 @@ def main() -> None:
                   flush=True)
 
     base = args.precisions[0]
-    print(f"\n| seed | " + " | ".join(f"{p} top-1 (time)" for p in args.precisions) + " | "
+    print("\n| seed | " + " | ".join(f"{p} top-1 (time)" for p in args.precisions) + " | "
           + " | ".join(f"{p} - {base}" for p in args.precisions[1:]) + " |")
     print("|---" * (1 + 2 * len(args.precisions) - 1) + "|")
     for seed in args.seeds:

@@ -32,6 +32,19 @@ def test_summary_formats(capsys):
     assert code == 0 and "| classifier.6 | Linear | 10 |" in out
 
 
+def test_summary_with_model_options(capsys):
+    # He et al.'s option A (zero-padded identity shortcuts) drops ResNet-34's three projection shortcuts:
+    # 1x1 convs 64->128, 128->256, 256->512 with their BatchNorms = 173,824 parameters fewer than option B.
+    code, out, _ = run(capsys, "summary", "resnet34", "--format", "json")
+    b = json.loads(out)["total_params"]
+    code, out, _ = run(capsys, "summary", "resnet34", "--model-option", "shortcut=A", "--format", "json")
+    assert code == 0 and b - json.loads(out)["total_params"] == 64 * 128 + 128 * 256 + 256 * 512 + 2 * (128 + 256 + 512)
+    # tuples parse as Python literals: the paper's smaller Inception-ResNet-v2 (Fig. 15's 5/10/5 blocks)
+    code, out, _ = run(capsys, "summary", "inception_resnet_v2", "--model-option", "blocks=(5, 10, 5)",
+                       "--model-option", "dropout=0.2", "--format", "json")
+    assert code == 0 and json.loads(out)["total_params"] < 40_000_000
+
+
 def test_models_lists_params_input_and_year(capsys):
     code, out, _ = run(capsys, "models", "lenet*")
     assert code == 0

@@ -205,8 +205,32 @@ def test_report_metrics_from_a_hand_made_confusion_matrix():
     (["train", "lenet5", "--data", "fashion_mnist", "--data-dir", "/nonexistent"], "missing"),
     (["eval", "/nonexistent/run"], "no checkpoint at"),
     (["predict", "/nonexistent/run", "x.png"], "no checkpoint at"),
+    (["train", "lenet5", "--model-option", "head"], "is not KEY=VALUE"),
+    (["train", "lenet5", "--model-option", "depth=3"], "has no option 'depth'; it accepts: head"),
+    (["train", "resnet20", "--model-option", "drop_path_rate=lots"], "is not a float"),
+    (["train", "lenet5", "--model-option", "head=softmax"], "head must be 'rbf'"),
 ])
 def test_training_mistakes_exit_2(capsys, argv, message, tmp_path):
     code = main(argv + ["--out", str(tmp_path)] if argv[0] == "train" else argv)
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_model_options_reach_the_model_the_run_folder_and_eval(tmp_path, capsys):
+    """--model-option head=linear: the trained network has the linear head (850 more parameters), the run
+    records the option, and eval rebuilds the same network from the checkpoint."""
+    import json
+
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    code = main(["train", "lenet5", "--model-option", "head=linear", "--epochs", "1", "--train-limit", "600",
+                 "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    assert json.loads((tmp_path / "config.json").read_text())["model_options"] == {"head": "linear"}
+    state = load_checkpoint(tmp_path)
+    assert state["model_options"] == {"head": "linear"} and "output.weight" in state["model"]
+    assert sum(v.numel() for k, v in state["model"].items() if k != "output.prototypes") == 60_850
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path), "--format", "json"]) == 0
+    # eval rebuilt the linear-head network (the RBF one would not load these weights) and scores what the run did
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(state["history"][-1]["eval_top1"])

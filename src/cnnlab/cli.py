@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--depth", type=_positive_int, help="show modules down to this depth (default: every layer)")
     s.add_argument("--format", choices=("table", "md", "csv", "json"), default="table")
     s.add_argument("--num-classes", type=_positive_int, help="classes of the output layer")
+    _option_flag(s)
 
     calc = sub.add_parser("calc", help="convolution arithmetic: conv, pool, rf")
     csub = calc.add_subparsers(dest="calc", metavar="WHAT", parser_class=_Parser)
@@ -259,6 +260,7 @@ def _card(args) -> str:
     options = model_options(args.name)
     if options:
         lines.append(f"  options: {', '.join(f'{k}={v!r}' for k, v in options.items())}")
+        lines.append("           (set with --model-option KEY=VALUE on summary, train and transfer)")
     try:
         recipe = recipe_for(args.name)
         lines.append(f"  recipe:  {recipe.name} ({recipe.source}); `cnnlab recipes` shows its settings")
@@ -272,6 +274,7 @@ def _summary(args) -> str:
     from cnnlab.models import model_card
 
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    kwargs.update(parse_model_options(args.name, args.model_option))
     s = summary(args.name, args.input, depth=args.depth, **kwargs)
     text = s.render(args.format, args.depth)
     card = model_card(args.name)
@@ -350,6 +353,52 @@ def _train_flags(t) -> None:
     t.add_argument("--train-limit", type=_positive_int, metavar="N",
                    help="train on a class-balanced random subset of N images (a labelled budget)")
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between metrics.jsonl lines")
+    _option_flag(t)
+
+
+def _option_flag(p) -> None:
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model option (repeatable), e.g. shortcut=A, drop_path_rate=0.2, head=linear; "
+                        "`cnnlab card MODEL` lists them")
+
+
+def parse_model_options(name: str, items: list[str]) -> dict:
+    """``["shortcut=A", "drop_path_rate=0.2"]`` -> ``{"shortcut": "A", "drop_path_rate": 0.2}``, checked
+    against the options the model's builder accepts and the types of their defaults."""
+    import ast
+
+    from cnnlab.models.registry import model_options
+
+    if not items:
+        return {}
+    accepted = model_options(name)
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise CnnlabError(f"--model-option {item!r} is not KEY=VALUE, e.g. --model-option drop_path_rate=0.2")
+        if key not in accepted:
+            listed = ", ".join(accepted) or "no options"
+            raise CnnlabError(f"model {name!r} has no option {key!r}; it accepts: {listed}")
+        try:
+            value = ast.literal_eval(text.strip())  # numbers, True/False/None, tuples; never runs code
+        except (ValueError, SyntaxError):
+            value = text.strip()  # a bare word: a string, e.g. shortcut=A
+        default = accepted[key]
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and (default is None or isinstance(default, bool))
+        elif isinstance(default, float) and isinstance(value, int):
+            value, ok = float(value), True
+        elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+            value, ok = type(default)(value), True
+        else:
+            ok = default is None or isinstance(value, type(default))
+        if not ok:
+            raise CnnlabError(f"--model-option {key}={text} is not a {type(default).__name__} like the default "
+                              f"{key}={default!r}")
+        out[key] = value
+    return out
 
 
 def _strip(argv: list[str], flags: tuple[str, ...]) -> list[str]:
@@ -393,13 +442,14 @@ def _train(args) -> str:
                      "lr_backbone": args.lr_backbone, "model_options": pretrained_options(model, args.source)}
     else:
         model = args.model
+    model_card(model)  # unknown model: the registry's message, before any data is touched
+    extra["model_options"] = {**extra.get("model_options", {}), **parse_model_options(model, args.model_option)}
     cfg = TrainConfig(model=model, data=args.data, recipe=args.recipe, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, out=args.out, resume=getattr(args, "resume", None),
                       device=args.device, precision=args.precision, channels_last=args.channels_last,
                       compile=args.compile, seed=args.seed, deterministic=args.deterministic, quiet=args.quiet,
                       data_dir=args.data_dir, val_split=args.val_split, log_every=args.log_every,
                       train_limit=args.train_limit, sync_bn=getattr(args, "sync_bn", False), **extra)
-    model_card(model)  # unknown model: the registry's message, before any data is touched
     result = train(cfg)
     return f"{result.run_dir}\n" if args.quiet and result.rank == 0 else ""
 
