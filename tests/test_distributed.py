@@ -150,6 +150,23 @@ def test_an_unreachable_rendezvous_fails_within_the_timeout(tmp_path):
     assert "Traceback" not in run.stderr and time.time() - t0 < 60
 
 
+@pytest.mark.parametrize("is_host", ["true", "false"])
+def test_torchruns_multi_node_rendezvous_gives_up_within_join_timeout(tmp_path, is_host):
+    """Node 1 of 2 whose peer never comes (is_host=true: it serves the rendezvous itself) or whose rendezvous
+    endpoint has nobody listening (is_host=false): torchrun, as docs/distributed.md tells users to launch
+    it, stops within its join_timeout instead of waiting for ever, and no worker ever starts."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "cnnlab-test",
+           "--rdzv-conf", f"join_timeout=5,read_timeout=5,is_host={is_host}",
+           "-m", "cnnlab", "train", *FLAGS, "--out", str(tmp_path)]
+    t0 = time.time()
+    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "Rendezvous" in run.stderr, run.stderr[-2000:]
+    assert time.time() - t0 < 60
+    assert not (tmp_path / "config.json").exists()  # no worker ran
+
+
 def test_the_ranks_shards_are_disjoint_and_make_up_the_single_process_batch():
     from cnnlab.data.memory import ArrayDataset, Augment, MemoryLoader
 
