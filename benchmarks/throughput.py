@@ -1,12 +1,15 @@
 """Training throughput: fp32 NCHW eager versus cnnlab's fast path, side by side, with the share of this
-machine's measured peak convolution throughput that each reaches.
+machine's measured peak convolution throughput that each reaches. The default layout and precision are the
+trainer's own choice (`resolve_precision`, `resolve_channels_last`), so this measures what
+`cnnlab train` runs.
 
     python benchmarks/throughput.py [--models lenet5 vgg_cifar resnet20] [--runs 5] [--steps 10] [--batch 128]
 
 One training step = forward, cross-entropy, backward and an SGD update on a batch at the model's published
 input size. Training FLOPs per image are taken as 3 x the forward multiply-adds x 2 (forward, and backward
 for inputs and weights), with the forward count from cnnlab's inspector. The peak is the best of a large
-3x3 convolution (256 -> 256 channels, 32x32, batch 64) timed forward in the same precision and layout.
+3x3 convolution (256 -> 256 channels, 32x32, batch 64) timed forward in the same precision, the faster of
+the two layouts.
 Each figure is the median of --runs timings of --steps steps, with min-max spread.
 """
 
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnlab
-from cnnlab.train.trainer import cpu_has_bf16, hardware, resolve_precision
+from cnnlab.train.trainer import cpu_has_bf16, hardware, resolve_channels_last, resolve_precision
 
 
 def timed(fn, runs: int) -> list[float]:
@@ -79,15 +82,17 @@ def main() -> None:
     args = p.parse_args()
     print(f"# training images/s, batch {args.batch}, median of {args.runs} x {args.steps} steps (min-max)")
     print("# " + ", ".join(f"{k} {v}" for k, v in hardware().items()))
-    peaks = {"fp32": peak_gflops(False, False, 3), "bf16": peak_gflops(True, True, 3) if cpu_has_bf16() else None}
+    peaks = {"fp32": max(peak_gflops(False, False, 3), peak_gflops(False, True, 3)),
+             "bf16": peak_gflops(True, True, 3) if cpu_has_bf16() else None}
     print(f"# measured peak conv throughput: fp32 {peaks['fp32']:.0f} GFLOP/s"
           + (f", bf16 channels-last {peaks['bf16']:.0f} GFLOP/s" if peaks["bf16"] else ""))
+    cpu = torch.device("cpu")
     for name in args.models:
         macs = cnnlab.summary(name).total_macs
-        fast = resolve_precision("auto", torch.device("cpu"), macs)
-        rows = [("fp32 NCHW eager", False, False)]
-        rows.append((f"cnnlab default ({fast}{' channels-last' if fast != 'fp32' else ''})", fast == "bf16",
-                     fast != "fp32"))
+        fast = resolve_precision("auto", cpu, macs)
+        fast_cl = resolve_channels_last(None, fast, cpu)
+        rows = [("fp32 NCHW eager", False, False),
+                (f"cnnlab default ({fast}{' channels-last' if fast_cl else ''})", fast == "bf16", fast_cl)]
         if fast == "fp32" and cpu_has_bf16():
             rows.append(("bf16 channels-last (not chosen)", True, True))
         base = None

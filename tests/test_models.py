@@ -158,6 +158,13 @@ def test_scaled_tanh_constants():
     torch.testing.assert_close(f(torch.tensor([1.0, -1.0, 0.0])), torch.tensor([1.0, -1.0, 0.0]), atol=2e-4, rtol=0)
 
 
+def test_scaled_tanh_values_match_torch_tanh_over_the_whole_range():
+    # computed through sigmoid; must stay the paper's A tanh(S a), saturating at +/-A without NaNs
+    for dtype, tol in ((torch.float64, 1e-14), (torch.float32, 1e-6)):
+        x = torch.cat([torch.linspace(-60, 60, 100_001, dtype=dtype), torch.tensor([-1e30, 1e30], dtype=dtype)])
+        torch.testing.assert_close(ScaledTanh()(x), 1.7159 * torch.tanh(2 / 3 * x), rtol=0, atol=tol)
+
+
 def test_scaled_tanh_hand_written_backward_matches_the_formula():
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(ScaledTanh(), (x,))

@@ -42,6 +42,9 @@ def test_run_folder_holds_everything(reference_run):
     assert cfg["recipe"] == "lenet5_mnist" and cfg["recipe_settings"]["batch_size"] == 256  # flag over recipe
     assert cfg["recipe_settings"]["optimizer"] == "nesterov" and cfg["eval_split"] == "test"
     assert cfg["versions"]["torch"] == torch.__version__ and cfg["hardware"]["cpu_count"]
+    assert cfg["channels_last"] is True and cfg["precision"] == "fp32"  # the CPU default
+    # by hand: conv1 28*28*6*25 + conv2 10*10*16*150 + fc 400*120 + 120*84 + 84*10
+    assert cfg["macs_per_image"] == 117_600 + 240_000 + 48_000 + 10_080 + 840
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [l for l in lines if l["kind"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2] and all(e["eval_split"] == "test" for e in epochs)
@@ -234,3 +237,26 @@ def test_model_options_reach_the_model_the_run_folder_and_eval(tmp_path, capsys)
     assert main(["eval", str(tmp_path), "--format", "json"]) == 0
     # eval rebuilt the linear-head network (the RBF one would not load these weights) and scores what the run did
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(state["history"][-1]["eval_top1"])
+
+
+def test_precision_and_layout_defaults(monkeypatch):
+    from cnnlab.train import trainer
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+
+    def never():
+        raise AssertionError("the multiply-adds were counted though nothing depends on them")
+
+    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: False)
+    assert trainer.resolve_precision("auto", cpu, never) == "fp32"  # bf16 is slower than fp32 without AMX
+    assert trainer.resolve_precision("bf16", cpu, never) == "bf16"
+    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: True)
+    assert trainer.resolve_precision("auto", cpu, lambda: 60_000_000) == "bf16"
+    assert trainer.resolve_precision("auto", cpu, 416_520) == "fp32"  # LeNet-5: too small to gain
+    with pytest.raises(CnnlabError, match="fp16 needs a GPU"):
+        trainer.resolve_precision("fp16", cpu, 1)
+    # channels-last: on a CPU always (oneDNN is faster on it in fp32 too); on a GPU with 16-bit floats
+    assert trainer.resolve_channels_last(None, "fp32", cpu) is True
+    assert trainer.resolve_channels_last(None, "fp32", cuda) is False
+    assert trainer.resolve_channels_last(None, "bf16", cuda) is True
+    assert trainer.resolve_channels_last(False, "fp32", cpu) is False  # --no-channels-last wins

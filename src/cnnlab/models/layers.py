@@ -49,23 +49,28 @@ class ScaledTanh(nn.Module):
 
 
 class _ScaledTanhFn(torch.autograd.Function):
-    """A tanh(S x) with a hand-written backward: A S (1 - t^2) g with t = tanh(S x). Autograd's own graph of
-    the formula runs three elementwise passes each way (scale, tanh, scale); this saves t and runs two back
-    (tanh_backward, one scale), which makes a LeNet-5 training step about 10% faster on a CPU. When a graph
-    of the backward is asked for (double backward), t is recomputed from x so that the graph reaches x."""
+    """A tanh(S x), computed as 2A sigmoid(2S x) - A (the same function: tanh(u) = 2 sigmoid(2u) - 1), with a
+    hand-written backward A S (1 - t^2) g = 4AS s (1 - s) g, s = sigmoid(2S x).
+
+    Why: PyTorch's CPU tanh is several times slower than its sigmoid (on a 128x6x28x28 tensor, 2 threads,
+    AVX-512: 0.98 ms against 0.13 ms), and the scaled tanh after C1 was the largest single cost of a LeNet-5
+    training step. The values differ from ``A * torch.tanh(S * x)`` by at most 5e-7 (fp32 rounding; tanh's own
+    is 2e-7). Autograd's graph of the formula would also run three elementwise passes back; this runs two
+    (sigmoid_backward, one scale). When a graph of the backward is asked for (double backward), s is
+    recomputed from x so that the graph reaches x."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        t = torch.tanh(x * ScaledTanh.S)
-        ctx.save_for_backward(x, t)
-        return t * ScaledTanh.A
+        s = torch.sigmoid(x * (2 * ScaledTanh.S))
+        ctx.save_for_backward(x, s)
+        return (s * (2 * ScaledTanh.A)).sub_(ScaledTanh.A)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        x, t = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: t as a function of x
-            t = torch.tanh(x * ScaledTanh.S)
-        return torch.ops.aten.tanh_backward(grad, t) * (ScaledTanh.A * ScaledTanh.S)
+        x, s = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: s as a function of x
+            s = torch.sigmoid(x * (2 * ScaledTanh.S))
+        return torch.ops.aten.sigmoid_backward(grad, s) * (4 * ScaledTanh.A * ScaledTanh.S)
 
 
 _TEXTBOOK = [0]  # > 0 while textbook_ops() is active

@@ -31,6 +31,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -115,7 +116,7 @@ def cpu_has_amx() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device, macs_per_image: int) -> str:
+def resolve_precision(precision: str, device: torch.device, macs_per_image: int | Callable[[], int]) -> str:
     """'auto': on CUDA bf16 where supported, else fp16. On CPU bf16 (with channels-last) only where AMX tiles
     make it pay and the network is big enough: benchmarks/throughput.py measured bf16 convolutions 0.7x the
     speed of fp32 on an AVX-512-bf16 CPU without AMX, and LeNet-5 no faster in bf16 anywhere."""
@@ -127,7 +128,19 @@ def resolve_precision(precision: str, device: torch.device, macs_per_image: int)
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if (cpu_has_amx() and macs_per_image >= 50_000_000) else "fp32"
+    if not cpu_has_amx():
+        return "fp32"
+    macs = macs_per_image() if callable(macs_per_image) else macs_per_image
+    return "bf16" if macs >= 50_000_000 else "fp32"
+
+
+def resolve_channels_last(channels_last: bool | None, precision: str, device: torch.device) -> bool:
+    """``None`` (no --channels-last/--no-channels-last): channels-last on a CPU in every precision, where
+    oneDNN's convolutions run faster on it (benchmarks/throughput.py, fp32 training on a 2-core AVX-512 CPU:
+    lenet5 1.3x, resnet20 1.2x, vgg_cifar 1.2x); on a GPU with bf16/fp16, where tensor cores want it."""
+    if channels_last is not None:
+        return channels_last
+    return device.type == "cpu" or precision in ("bf16", "fp16")
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -331,17 +344,20 @@ def _train(cfg: TrainConfig) -> RunResult:
         device = torch.device("cuda", dist.local_rank)
     card = model_card(cfg.model)
 
-    with torch.device("meta"):
-        probe = create_model(cfg.model, **cfg.model_options)
-    macs = summary(probe, card.input_size).total_macs
+    def probe_macs() -> int:  # only where the precision depends on it (an AMX CPU): a meta model's first
+        # use costs about a second of imports
+        with torch.device("meta"):
+            return summary(create_model(cfg.model, **cfg.model_options), card.input_size).total_macs
+
     precision = ("fp32" if cfg.deterministic and cfg.precision == "auto"
-                 else resolve_precision(cfg.precision, device, macs))
-    channels_last = cfg.channels_last if cfg.channels_last is not None else precision in ("bf16", "fp16")
+                 else resolve_precision(cfg.precision, device, probe_macs))
+    channels_last = resolve_channels_last(cfg.channels_last, precision, device)
 
     train_loader, eval_loader, classes, eval_name, channels = make_data(
         data, recipe, recipe.batch_size, cfg.seed, cfg.data_dir, recipe.val_split, card.input_size, device,
         channels_last, cfg.train_limit, dist.rank, dist.world)
     model = create_model(cfg.model, num_classes=len(classes), in_chans=channels, **cfg.model_options)
+    macs = summary(model, (channels, *card.input_size[1:])).total_macs  # one image, eval mode, no grad
     transfer_note = _setup_transfer(cfg, model, recipe, resume_state is None)
     model = model.to(device)
     dtype = torch.float64 if precision == "fp64" else None  # fp64: inputs and weights in double
