@@ -43,6 +43,9 @@ def test_run_folder_holds_everything(reference_run):
     assert cfg["recipe_settings"]["optimizer"] == "nesterov" and cfg["eval_split"] == "test"
     assert cfg["versions"]["torch"] == torch.__version__ and cfg["hardware"]["cpu_count"]
     assert cfg["channels_last"] is True and cfg["precision"] == "fp32"  # the CPU default
+    from cnnlab.train import trainer
+
+    assert trainer._MALLOC_TUNED[0] or not sys.platform.startswith("linux")  # training kept freed memory
     # by hand: conv1 28*28*6*25 + conv2 10*10*16*150 + fc 400*120 + 120*84 + 84*10
     assert cfg["macs_per_image"] == 117_600 + 240_000 + 48_000 + 10_080 + 840
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -260,3 +263,30 @@ def test_precision_and_layout_defaults(monkeypatch):
     assert trainer.resolve_channels_last(None, "fp32", cuda) is False
     assert trainer.resolve_channels_last(None, "bf16", cuda) is True
     assert trainer.resolve_channels_last(False, "fp32", cpu) is False  # --no-channels-last wins
+
+
+def test_training_keeps_freed_memory_instead_of_page_faulting():
+    """After keep_freed_memory() (the trainer calls it), steps reuse the heap. A LeNet-5 step at batch 128
+    frees and reallocates activations of up to 2.4 MB (600 pages each); with glibc's defaults 40 steps
+    typically take 10,000-30,000 minor page faults (now and then glibc's own adaptive threshold avoids them,
+    so the default is not asserted). Kept memory: under 3,000 (measured 0-1,200). Counted, not timed."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt")
+    code = """
+import resource, sys, torch
+from cnnlab import create_model
+from cnnlab.train.trainer import keep_freed_memory
+assert keep_freed_memory() and keep_freed_memory()
+m = create_model("lenet5")
+x = torch.randn(128, 1, 32, 32)
+def step():
+    m(x).sum().backward()
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(40):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+    faults = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert faults < 3_000, faults

@@ -139,7 +139,9 @@ class EvalReport:
 def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = None, data_dir=None,
              batch_size: int = 256) -> EvalReport:
     from cnnlab.data.memory import Augment, MemoryLoader, load, preprocess
+    from cnnlab.train.trainer import keep_freed_memory
 
+    keep_freed_memory()
     if not checkpoints:
         raise CnnlabError("give at least one run folder or checkpoint to evaluate")
     pairs = [model_from_checkpoint(p) for p in checkpoints]

@@ -264,6 +264,34 @@ def evaluate_loader(model, loader, device, autocast, dist: distributed.Dist = di
     return {"loss": loss_sum / total, "top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
 
 
+_MALLOC_TUNED = [False]
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep the memory a training step frees for the next step (mallopt: blocks up to
+    32 MiB come from the heap rather than fresh mmaps, and the heap is trimmed only above 1 GiB free).
+
+    By default glibc hands every freed activation of more than 128 KiB back to the kernel, and the next step
+    pays a page fault for each 4 KiB page it touches again: for LeNet-5 at batch 128 on a 2-core CPU that was
+    about 170,000 page faults and 1.5 s of system time per epoch (3 epochs of ``cnnlab train lenet5``: 26 s
+    with the default malloc, 21 s with this; evaluation alone about 1.8x faster). It is what the tcmalloc or
+    jemalloc preload that Intel's PyTorch tuning guides advise achieves, without a preload. Process-wide and
+    idempotent; returns whether it applied (glibc on Linux only; elsewhere nothing changes)."""
+    if _MALLOC_TUNED[0]:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl or another libc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    _MALLOC_TUNED[0] = bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+    return _MALLOC_TUNED[0]
+
+
 def hardware(device: torch.device = torch.device("cpu")) -> dict:
     """What a result was measured on (run folders and benchmarks both record it)."""
     hw = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -300,6 +328,7 @@ def train(cfg: TrainConfig) -> RunResult:
 
 def _train(cfg: TrainConfig) -> RunResult:
     started = time.time()
+    keep_freed_memory()
     resume_state = None
     world = int(os.environ.get("WORLD_SIZE", "1") or 1) if distributed.launched_by_torchrun() else 1
     if world > 1 and not (cfg.out or cfg.resume):
