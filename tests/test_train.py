@@ -248,14 +248,18 @@ def test_precision_and_layout_defaults(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
 
     def never():
-        raise AssertionError("the multiply-adds were counted though nothing depends on them")
+        raise AssertionError("probed the CPU's bf16 speed though the choice did not depend on it")
 
     monkeypatch.setattr(trainer, "cpu_has_amx", lambda: False)
-    assert trainer.resolve_precision("auto", cpu, never) == "fp32"  # bf16 is slower than fp32 without AMX
-    assert trainer.resolve_precision("bf16", cpu, never) == "bf16"
-    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: True)
-    assert trainer.resolve_precision("auto", cpu, lambda: 60_000_000) == "bf16"
+    monkeypatch.setattr(trainer, "cpu_bf16_speedup", never)
     assert trainer.resolve_precision("auto", cpu, 416_520) == "fp32"  # LeNet-5: too small to gain
+    assert trainer.resolve_precision("bf16", cpu, 416_520) == "bf16"
+    for speedup, expected in ((0.67, "fp32"), (1.2, "fp32"), (1.8, "bf16")):  # CPUs measured so far: 0.67, 1.8
+        monkeypatch.setattr(trainer, "cpu_bf16_speedup", lambda s=speedup: s)
+        assert trainer.resolve_precision("auto", cpu, 152_769_536) == expected  # vgg_cifar's multiply-adds
+    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(trainer, "cpu_bf16_speedup", never)
+    assert trainer.resolve_precision("auto", cpu, 152_769_536) == "bf16"  # AMX tiles: no need to measure
     with pytest.raises(CnnlabError, match="fp16 needs a GPU"):
         trainer.resolve_precision("fp16", cpu, 1)
     # channels-last: on a CPU always (oneDNN is faster on it in fp32 too); on a GPU with 16-bit floats
@@ -263,6 +267,29 @@ def test_precision_and_layout_defaults(monkeypatch):
     assert trainer.resolve_channels_last(None, "fp32", cuda) is False
     assert trainer.resolve_channels_last(None, "bf16", cuda) is True
     assert trainer.resolve_channels_last(False, "fp32", cpu) is False  # --no-channels-last wins
+
+
+def test_the_bf16_probe_runs_once_per_machine_and_survives_a_bad_cache(monkeypatch, tmp_path):
+    from cnnlab.train import trainer
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
+    calls = []
+    monkeypatch.setattr(trainer, "_measure_bf16_speedup", lambda: calls.append(1) or 1.8)
+    assert trainer.cpu_bf16_speedup() == 1.8 and trainer.cpu_bf16_speedup() == 1.8 and len(calls) == 1
+    cached = json.loads((tmp_path / "cnnlab" / "cpu_bf16.json").read_text())
+    assert list(cached.values()) == [1.8] and torch.__version__ in next(iter(cached))
+    (tmp_path / "cnnlab" / "cpu_bf16.json").write_text("{not json")  # torn or edited by hand: measure again
+    assert trainer.cpu_bf16_speedup() == 1.8 and len(calls) == 2
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: False)
+    assert trainer.cpu_bf16_speedup() == 0.0
+
+
+def test_the_bf16_probe_measures_a_real_ratio():
+    from cnnlab.train import trainer
+
+    ratio = trainer._measure_bf16_speedup(runs=2)
+    assert 0.05 < ratio < 20  # a ratio of two timings of the same convolution, not a constant or a crash
 
 
 def test_training_keeps_freed_memory_instead_of_page_faulting():

@@ -31,7 +31,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -116,10 +115,16 @@ def cpu_has_amx() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device, macs_per_image: int | Callable[[], int]) -> str:
-    """'auto': on CUDA bf16 where supported, else fp16. On CPU bf16 (with channels-last) only where AMX tiles
-    make it pay and the network is big enough: benchmarks/throughput.py measured bf16 convolutions 0.7x the
-    speed of fp32 on an AVX-512-bf16 CPU without AMX, and LeNet-5 no faster in bf16 anywhere."""
+BF16_MIN_SPEEDUP = 1.3  # bf16 autocast must beat fp32 by this much on the probe convolution to be chosen
+BF16_MIN_MACS = 10_000_000  # and the network big enough for its convolutions to dominate a step (LeNet-5: 0.4M)
+
+
+def resolve_precision(precision: str, device: torch.device, macs_per_image: int) -> str:
+    """'auto': on CUDA bf16 where supported, else fp16. On a CPU bf16 autocast (channels-last) where it pays:
+    for networks of at least 10M multiply-adds per image (resnet20 has 41M, vgg_cifar 153M), on CPUs with AMX tiles or where a probe convolution
+    runs at least 1.3x faster in bf16 than in fp32 (``cpu_bf16_speedup``, measured once per machine). CPUs
+    differ: benchmarks/throughput.py measured bf16 at 0.7x of fp32 on one AVX-512-bf16 CPU without AMX and at
+    1.7-2.1x on another (vgg_cifar, resnet20); LeNet-5 stays in fp32 everywhere."""
     if precision not in ("auto", "fp32", "bf16", "fp16", "fp64"):
         raise CnnlabError(f"--precision must be fp32, bf16, fp16, fp64 or auto, got {precision!r}")
     if precision != "auto":
@@ -128,10 +133,65 @@ def resolve_precision(precision: str, device: torch.device, macs_per_image: int 
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if not cpu_has_amx():
+    if macs_per_image < BF16_MIN_MACS:
         return "fp32"
-    macs = macs_per_image() if callable(macs_per_image) else macs_per_image
-    return "bf16" if macs >= 50_000_000 else "fp32"
+    return "bf16" if cpu_has_amx() or cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
+
+
+def cpu_bf16_speedup() -> float:
+    """How many times faster this CPU trains a 3x3 convolution (64 -> 64 channels, 32x32, batch 32, forward
+    and backward, channels-last) under bf16 autocast than in fp32; 0 where oneDNN has no bf16. Measured once
+    per CPU model, torch version and thread count (about a second), then read from
+    ``<cache>/cnnlab/cpu_bf16.json``."""
+    if not cpu_has_bf16():
+        return 0.0
+    from cnnlab.data.sources import cache_root
+
+    key = f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    path = cache_root() / "cpu_bf16.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict) or not isinstance(known.get(key), (int, float)):
+        known = known if isinstance(known, dict) else {}
+        known[key] = round(_measure_bf16_speedup(), 3)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, known)
+        except OSError:
+            pass  # a read-only cache: measure again next time
+    return float(known[key])
+
+
+def _measure_bf16_speedup(runs: int = 5) -> float:
+    x = torch.randn(32, 64, 32, 32).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3, requires_grad=True)
+
+    def best(bf16: bool) -> float:
+        times = []
+        for _ in range(runs + 1):  # the first is a warm-up
+            t = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = F.conv2d(x, w, padding=1)
+            y.float().sum().backward()
+            times.append(time.perf_counter() - t)
+        return min(times[1:])
+
+    fp32, bf16 = best(False), best(True)
+    fp32 = min(fp32, best(False))  # interleaved, so a slow spell of the machine does not favour one side
+    return fp32 / bf16
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def resolve_channels_last(channels_last: bool | None, precision: str, device: torch.device) -> bool:
@@ -271,12 +331,13 @@ def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep the memory a training step frees for the next step (mallopt: blocks up to
     32 MiB come from the heap rather than fresh mmaps, and the heap is trimmed only above 1 GiB free).
 
-    By default glibc hands every freed activation of more than 128 KiB back to the kernel, and the next step
-    pays a page fault for each 4 KiB page it touches again: for LeNet-5 at batch 128 on a 2-core CPU that was
-    about 170,000 page faults and 1.5 s of system time per epoch (3 epochs of ``cnnlab train lenet5``: 26 s
-    with the default malloc, 21 s with this; evaluation alone about 1.8x faster). It is what the tcmalloc or
-    jemalloc preload that Intel's PyTorch tuning guides advise achieves, without a preload. Process-wide and
-    idempotent; returns whether it applied (glibc on Linux only; elsewhere nothing changes)."""
+    With its defaults glibc often hands freed activations of more than 128 KiB back to the kernel, and the
+    next step pays a page fault for each 4 KiB page it touches again. Measured on a 2-core CPU: 200 LeNet-5
+    steps at batch 128 and three test-set evaluations took 380,000-830,000 minor page faults with the
+    defaults and 8,000-9,000 with this; 3 epochs of ``cnnlab train lenet5`` took 26-27 s (5-6 s of it system
+    time) against 20-23 s (0.7 s). It does what the tcmalloc or jemalloc preload advised by Intel's PyTorch
+    tuning guides does, without a preload. Process-wide and idempotent; returns whether it applied (glibc on
+    Linux only; elsewhere nothing changes)."""
     if _MALLOC_TUNED[0]:
         return True
     if not sys.platform.startswith("linux"):
@@ -373,20 +434,18 @@ def _train(cfg: TrainConfig) -> RunResult:
         device = torch.device("cuda", dist.local_rank)
     card = model_card(cfg.model)
 
-    def probe_macs() -> int:  # only where the precision depends on it (an AMX CPU): a meta model's first
-        # use costs about a second of imports
-        with torch.device("meta"):
-            return summary(create_model(cfg.model, **cfg.model_options), card.input_size).total_macs
-
-    precision = ("fp32" if cfg.deterministic and cfg.precision == "auto"
-                 else resolve_precision(cfg.precision, device, probe_macs))
-    channels_last = resolve_channels_last(cfg.channels_last, precision, device)
+    # The layout is needed before the data and the model exist: on a CPU it does not depend on the precision,
+    # and on a GPU the precision does not depend on the network's size; this also checks --precision early.
+    early = resolve_precision(cfg.precision, device, 0)
+    channels_last = resolve_channels_last(cfg.channels_last, early, device)
 
     train_loader, eval_loader, classes, eval_name, channels = make_data(
         data, recipe, recipe.batch_size, cfg.seed, cfg.data_dir, recipe.val_split, card.input_size, device,
         channels_last, cfg.train_limit, dist.rank, dist.world)
     model = create_model(cfg.model, num_classes=len(classes), in_chans=channels, **cfg.model_options)
     macs = summary(model, (channels, *card.input_size[1:])).total_macs  # one image, eval mode, no grad
+    precision = ("fp32" if cfg.deterministic and cfg.precision == "auto"
+                 else resolve_precision(cfg.precision, device, macs))
     transfer_note = _setup_transfer(cfg, model, recipe, resume_state is None)
     model = model.to(device)
     dtype = torch.float64 if precision == "fp64" else None  # fp64: inputs and weights in double
