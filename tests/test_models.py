@@ -1,5 +1,7 @@
 """Architectures against the papers' numbers, torchvision, and hand-written references."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -173,6 +175,33 @@ def test_scaled_tanh_hand_written_backward_matches_the_formula():
     (ours,) = torch.autograd.grad(ScaledTanh()(x), x, g)
     (ref,) = torch.autograd.grad(1.7159 * torch.tanh(2 / 3 * x), x, g)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_subsampling_is_pooling_times_a_coefficient_plus_a_bias_however_computed(monkeypatch):
+    from cnnlab.models.lenet import Subsampling
+
+    torch.manual_seed(0)
+    layer = Subsampling(6).double()
+    for size in (28, 9):  # an odd size drops the last row and column, as pooling does
+        x = torch.randn(3, 6, size, size, dtype=torch.float64)
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_()  # the layout of the fast path
+        # the paper's definition, written out: the 2x2 block sums x coefficient / 4 + bias
+        blocks = x[:, :, : size // 2 * 2, : size // 2 * 2].unfold(2, 2, 2).unfold(3, 2, 2).sum((-1, -2))
+        ref = blocks * layer.weight.view(1, -1, 1, 1) / 4 + layer.bias.view(1, -1, 1, 1)
+        g = torch.randn_like(ref)
+        want = torch.autograd.grad(ref, (x, layer.weight, layer.bias), g)
+        for fast in (True, False):  # the depthwise convolution (channels-last on a CPU), then pooling
+            with monkeypatch.context() as m, (contextlib.nullcontext() if fast else textbook_ops()):
+                if fast:
+                    m.setattr(F, "avg_pool2d", None)  # the fast path must not pool
+                out = layer(x)
+            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+            got = torch.autograd.grad(out, (x, layer.weight, layer.bias), g)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for layout in (torch.contiguous_format, torch.channels_last):  # saliency of saliency, both paths
+        x = torch.randn(2, 6, 4, 4, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+        torch.autograd.gradgradcheck(layer, (x,))
 
 
 def test_full_conv_is_a_convolution_computed_as_a_matrix_product():

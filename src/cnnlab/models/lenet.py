@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import FullConv2d, ScaledTanh
+from cnnlab.models.layers import _TEXTBOOK, FullConv2d, ScaledTanh
 from cnnlab.models.registry import Figure, Paper, register_model
 
 PAPER = Paper(
@@ -105,7 +105,14 @@ def _lecun_uniform_(tensor: torch.Tensor, fan_in: int) -> None:
 
 
 class Subsampling(nn.Module):
-    """S2/S4: average of each 2x2 block, times a trainable coefficient plus a trainable bias, per map."""
+    """S2/S4: average of each 2x2 block, times a trainable coefficient plus a trainable bias, per map.
+
+    On a CPU, for fp32 (or fp64) channels-last input (the trainer's default there), computed as one depthwise 2x2
+    stride-2 convolution whose four taps are coefficient / 4 (the same numbers): a LeNet-5 training step
+    takes 10.2 ms against 11.1 ms with average pooling, a multiply and an add. In NCHW it was 6% slower and in
+    bf16 47% slower, so those (and GPUs, not measured) keep the pooling. Inside ``textbook_ops()`` it always
+    runs as pooling, so the inspector shows the layer as the paper describes it (no multiply-adds counted,
+    as for any pooling layer)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -116,7 +123,11 @@ class Subsampling(nn.Module):
         _lecun_uniform_(self.bias, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, 2) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        if (_TEXTBOOK[0] or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+                or not x.is_contiguous(memory_format=torch.channels_last)):
+            return F.avg_pool2d(x, 2) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        taps = (self.weight / 4).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+        return F.conv2d(x, taps, self.bias, stride=2, groups=self.weight.shape[0])
 
 
 class PartialConv2d(nn.Module):
