@@ -18,7 +18,6 @@ milliseconds per call; ratio = scratch / torch (the goal: 3x or less).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 from cnnlab.scratch import Conv2d
 from cnnlab.scratch.blas import blas_threads
+from cnnlab.train.trainer import cpu_model
 
 SHAPES = [  # name, N, C_in, H, W, C_out, k, stride, pad
     ("LeNet conv1 5x5, 1->6, 28x28", 32, 1, 28, 28, 6, 5, 1, 0),
@@ -51,17 +51,6 @@ def fmt(ms: list[float]) -> str:
     return f"{statistics.median(ms):8.2f} ({min(ms):.2f}-{max(ms):.2f})"
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=7)
@@ -69,7 +58,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# {cpu_name()}, {args.threads} thread(s) on both sides; numpy {np.__version__}, torch {torch.__version__}; "
+    print(f"# {cpu_model()}, {args.threads} thread(s) on both sides; numpy {np.__version__}, torch {torch.__version__}; "
           f"median (min-max) of {args.runs} runs x {args.reps} calls, ms per call, fp32")
     print(f"{'shape':<32} {'pass':<8} {'scratch (numpy)':>24} {'torch':>24} {'ratio':>6}")
     rng = np.random.default_rng(0)

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from cnnlab.analysis.summary import summary
 from cnnlab.data.memory import MemoryLoader, balanced_subset, load, split_train_val
 from cnnlab.errors import CnnlabError
-from cnnlab.models.registry import create_model, model_card
 from cnnlab.fileio import atomic_savefig, atomic_write_text
+from cnnlab.models.registry import create_model, model_card
 from cnnlab.train import distributed
 from cnnlab.train.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from cnnlab.train.recipes import Recipe, get_recipe, override, recipe_for
@@ -147,7 +147,7 @@ def cpu_bf16_speedup() -> float:
         return 0.0
     from cnnlab.data.sources import cache_root
 
-    key = f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
     path = cache_root() / "cpu_bf16.json"
     try:
         known = json.loads(path.read_text())
@@ -183,7 +183,8 @@ def _measure_bf16_speedup(runs: int = 5) -> float:
     return fp32 / bf16
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -197,7 +198,8 @@ def _cpu_model() -> str:
 def resolve_channels_last(channels_last: bool | None, precision: str, device: torch.device) -> bool:
     """``None`` (no --channels-last/--no-channels-last): channels-last on a CPU in every precision, where
     oneDNN's convolutions run faster on it (benchmarks/throughput.py, fp32 training on a 2-core AVX-512 CPU:
-    lenet5 1.3x, resnet20 1.2x, vgg_cifar 1.2x); on a GPU with bf16/fp16, where tensor cores want it."""
+    lenet5 1.1-1.3x, resnet20 1.2-1.4x, vgg_cifar 1.04-1.2x); on a GPU with bf16/fp16, where tensor cores
+    want it."""
     if channels_last is not None:
         return channels_last
     return device.type == "cpu" or precision in ("bf16", "fp16")
@@ -361,7 +363,7 @@ def hardware(device: torch.device = torch.device("cpu")) -> dict:
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
     else:
-        hw["cpu_bf16"], hw["cpu_amx"] = cpu_has_bf16(), cpu_has_amx()
+        hw["cpu_model"], hw["cpu_bf16"], hw["cpu_amx"] = cpu_model(), cpu_has_bf16(), cpu_has_amx()
     return hw
 
 
