@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnlab import CnnlabError
@@ -39,7 +40,7 @@ def test_run_folder_holds_everything(reference_run):
     assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt",
                                                "summary.md"}
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["recipe"] == "lenet5_mnist" and cfg["recipe_settings"]["batch_size"] == 256  # flag over recipe
+    assert cfg["recipe"] == "lenet5_modern_mnist" and cfg["recipe_settings"]["batch_size"] == 256  # flag over recipe
     assert cfg["recipe_settings"]["optimizer"] == "nesterov" and cfg["eval_split"] == "test"
     assert cfg["versions"]["torch"] == torch.__version__ and cfg["hardware"]["cpu_count"]
     assert cfg["channels_last"] is True and cfg["precision"] == "fp32"  # the CPU default
@@ -317,3 +318,28 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
     faults = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert faults < 3_000, faults
+
+
+def test_the_loss_temperature_scales_the_logits_the_losses_see():
+    from contextlib import nullcontext
+
+    from cnnlab.train.recipes import get_recipe
+    from cnnlab.train.trainer import _loss, evaluate_loader
+
+    logits = torch.tensor([[-4.0, -40.0, -400.0], [-300.0, -12.0, -20.0]])  # an RBF head's -distances
+    y = torch.tensor([0, 2])
+    # by hand: -log softmax(logits / 4)[y], averaged
+    z = logits / 4
+    want = -(z[[0, 1], y] - torch.logsumexp(z, 1)).mean()
+    loss, out = _loss(logits, y, 0.0, 0.25)
+    torch.testing.assert_close(loss, want)
+    assert torch.equal(out, logits)  # accuracy sees the model's own logits
+    torch.testing.assert_close(_loss(logits, y, 0.0)[0], F.cross_entropy(logits, y))
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return logits[: len(x)]
+
+    ev = evaluate_loader(Fixed(), [(torch.zeros(2, 1), y)], torch.device("cpu"), nullcontext, logit_scale=0.25)
+    assert abs(ev["loss"] - want.item()) < 1e-6 and ev["top1"] == 50.0  # evaluation reports the same loss
+    assert get_recipe("lenet5_mnist").logit_scale == 0.25 and get_recipe("lenet5_modern_mnist").logit_scale == 1.0

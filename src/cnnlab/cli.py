@@ -495,7 +495,8 @@ def _recipes(args) -> str:
                   f"{f' momentum {r.momentum}' if r.optimizer in ('sgd', 'nesterov', 'rmsprop') else ''}, "
                   f"weight decay {r.weight_decay}, schedule {sched}"
                   f"{f', label smoothing {r.label_smoothing}' if r.label_smoothing else ''}"
-                  f"{f', gradient norm clipped at {r.clip_grad_norm}' if r.clip_grad_norm else ''}; augmentation {aug}"),
+                  f"{f', gradient norm clipped at {r.clip_grad_norm}' if r.clip_grad_norm else ''}"
+                  f"{f', loss on logits x {r.logit_scale:g}' if r.logit_scale != 1.0 else ''}; augmentation {aug}"),
                   f"  source: {r.source}"] + ([f"  note: {r.note}"] if r.note else []) + [""]
     return "\n".join(lines)
 

@@ -291,22 +291,28 @@ def _setup_transfer(cfg: TrainConfig, model, recipe: Recipe, fresh: bool) -> str
     return note.strip()
 
 
-def _loss(output, target, smoothing: float):
-    """Cross-entropy; auxiliary outputs (a tuple/namedtuple of logits) are weighted as their model says."""
+def _loss(output, target, smoothing: float, logit_scale: float = 1.0):
+    """Cross-entropy of the logits times ``logit_scale``; auxiliary outputs (a tuple/namedtuple of logits)
+    are weighted as their model says. Returns the loss and the main logits as the model gave them."""
+
+    def ce(logits):
+        return F.cross_entropy(logits * logit_scale if logit_scale != 1.0 else logits, target,
+                               label_smoothing=smoothing)
+
     if isinstance(output, torch.Tensor):
-        return F.cross_entropy(output, target, label_smoothing=smoothing), output
+        return ce(output), output
     main, *aux = output
     weights = getattr(output, "aux_weights", (0.3,) * len(aux))
-    loss = F.cross_entropy(main, target, label_smoothing=smoothing)
+    loss = ce(main)
     for w, a in zip(weights, aux):
-        loss = loss + w * F.cross_entropy(a, target, label_smoothing=smoothing)
+        loss = loss + w * ce(a)
     return loss, main
 
 
 def evaluate_loader(model, loader, device, autocast, dist: distributed.Dist = distributed.Dist(),
-                    dtype: torch.dtype | None = None) -> dict:
-    """Loss, top-1 and top-5 over the loader; under data parallelism each rank scores its share and the
-    sums are reduced."""
+                    dtype: torch.dtype | None = None, logit_scale: float = 1.0) -> dict:
+    """Loss (of the logits times ``logit_scale``, as in training), top-1 and top-5 over the loader; under
+    data parallelism each rank scores its share and the sums are reduced."""
     model.eval()
     total = correct1 = correct5 = 0
     loss_sum = 0.0
@@ -316,7 +322,7 @@ def evaluate_loader(model, loader, device, autocast, dist: distributed.Dist = di
             with autocast():
                 out = model(x)
             out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
-            loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+            loss_sum += F.cross_entropy(out * logit_scale, y, reduction="sum").item()
             k = min(5, out.shape[1])
             top = out.topk(k, 1).indices
             correct1 += (top[:, 0] == y).sum().item()
@@ -571,7 +577,7 @@ def _train(cfg: TrainConfig) -> RunResult:
             try:
                 with autocast():
                     out = step_model(x)
-                    loss, logits = _loss(out, y, recipe.label_smoothing)
+                    loss, logits = _loss(out, y, recipe.label_smoothing, recipe.logit_scale)
                 value, hits, n = loss.item(), (logits.argmax(1) == y).sum().item(), y.numel()
                 if dist.active:  # the step's loss and accuracy over every rank (one small all-reduce): all
                     # ranks then agree on whether the loss is finite, and the logs show the global batch
@@ -610,7 +616,7 @@ def _train(cfg: TrainConfig) -> RunResult:
             if cfg.log_every and step % cfg.log_every == 0:
                 log({"kind": "step", "epoch": epoch + 1, "step": step, "loss": value, "lr": lr, "images_per_s": ips})
         train_seconds = time.time() - t0
-        ev = evaluate_loader(model, eval_loader, device, autocast, dist, dtype)
+        ev = evaluate_loader(model, eval_loader, device, autocast, dist, dtype, recipe.logit_scale)
         record = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": loss_sum / seen,
                   "train_top1": 100.0 * correct / seen, "eval_split": eval_name, "eval_loss": ev["loss"],
                   "eval_top1": ev["top1"], "eval_top5": ev["top5"], "lr": lr, "seconds": train_seconds,
