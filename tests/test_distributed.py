@@ -1,5 +1,7 @@
 """Data-parallel training under torchrun on CPU (gloo, 2 processes) on real MNIST: the same weights and
-metrics as one process, only rank 0 writes, a killed worker is survived, misconfigured launches fail fast."""
+metrics as one process, only rank 0 writes, a killed worker is survived, misconfigured launches fail fast;
+image-folder shards; the GPU path (NCCL, a GPU per worker, SyncBatchNorm) with stand-ins for CUDA, and for
+real where 2 GPUs are visible."""
 
 import json
 import os
@@ -187,3 +189,197 @@ def test_nproc_needs_a_run_folder(capsys):
 
     assert main(["train", "lenet5_modern", "--nproc", "2"]) == 2
     assert "needs --out" in capsys.readouterr().err
+
+
+# --- the GPU path, checked on this CPU-only machine with stand-ins for CUDA and the process group -------------
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+
+
+@pytest.fixture
+def fake_two_gpus(monkeypatch):
+    """A machine with two CUDA GPUs as far as distributed.init can tell; records what it asks of torch."""
+    import torch.distributed as tdist
+
+    rec = {"set_device": _Recorder(), "init_process_group": _Recorder(), "TCPStore": _Recorder()}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", rec["set_device"])
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    monkeypatch.setattr(tdist, "TCPStore", lambda *a, **k: rec["TCPStore"](*a, **k) or "store")
+    monkeypatch.setattr(tdist, "PrefixStore", lambda prefix, store: (prefix, store))
+    monkeypatch.setattr(tdist, "init_process_group", rec["init_process_group"])
+    for k, v in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node0", "MASTER_PORT": "29500",
+                 "TORCHELASTIC_RESTART_COUNT": "2"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    return rec
+
+
+def test_on_gpus_each_worker_takes_its_local_gpu_and_nccl(fake_two_gpus):
+    from cnnlab.train import distributed
+
+    for device in ("auto", "cuda"):
+        fake_two_gpus["init_process_group"].calls.clear()
+        d, name = distributed.init(device)
+        assert (d.rank, d.world, d.local_rank, name) == (3, 4, 1, "cuda")
+        (args, kw), = fake_two_gpus["init_process_group"].calls
+        assert args == ("nccl",) and kw["rank"] == 3 and kw["world_size"] == 4
+        assert kw["device_id"] == torch.device("cuda", 1)  # NCCL bound to this worker's GPU, formed eagerly
+        assert kw["store"] == ("cnnlab/attempt_2", "store")  # a restarted generation has its own keys
+    assert all(a == (1,) for a, _ in fake_two_gpus["set_device"].calls)
+    (args, kw), = fake_two_gpus["TCPStore"].calls[:1]
+    assert args[:3] == ("node0", 29500, 4) and kw["is_master"] is False  # only global rank 0 hosts the store
+
+
+def test_cpu_workers_use_gloo_even_where_gpus_exist(fake_two_gpus):
+    from cnnlab.train import distributed
+
+    d, name = distributed.init("cpu")
+    (args, kw), = fake_two_gpus["init_process_group"].calls
+    assert name == "cpu" and args == ("gloo",) and kw["device_id"] is None
+    assert not fake_two_gpus["set_device"].calls
+
+
+def test_more_workers_per_node_than_gpus_is_refused(fake_two_gpus, monkeypatch):
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train import distributed
+
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(CnnlabError, match="local rank 2 has no GPU: this machine has 2"):
+        distributed.init("auto")
+    assert not fake_two_gpus["init_process_group"].calls
+
+
+def test_wrap_puts_ddp_on_the_workers_gpu_and_sync_bn_keeps_the_optimisers_tensors(monkeypatch):
+    import torch.nn.parallel
+
+    from cnnlab.models import create_model
+    from cnnlab.train import distributed
+
+    wrapped = []
+
+    class FakeDDP(torch.nn.Module):  # DDP itself needs an initialised process group
+        def __init__(self, module, device_ids=None):
+            super().__init__()
+            self.module, self.device_ids = module, device_ids
+            wrapped.append(self)
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
+    torch.manual_seed(0)
+    net = create_model("resnet20", num_classes=10)
+    x = torch.randn(4, 3, 32, 32)
+    net.eval()
+    before = net(x)
+    keys = list(net.state_dict())
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)  # built before the conversion, as the trainer does
+    buffers = {n: b for n, b in net.named_buffers()}
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+    model, step = distributed.wrap(net, torch.device("cuda", 1), sync_bn=True)
+    assert step.device_ids == [1] and step.module is model
+    assert n_bn == 19 and sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()) == n_bn
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in model.modules())
+    assert [id(p) for p in model.parameters()] == [id(p) for p in optimizer.param_groups[0]["params"]]
+    assert all(b is buffers[n] for n, b in model.named_buffers())  # running statistics are the same tensors
+    assert list(model.state_dict()) == keys  # checkpoints keep the plain network's keys
+    torch.testing.assert_close(model(x), before)  # in eval mode SyncBatchNorm is BatchNorm
+
+    model, step = distributed.wrap(create_model("lenet5_modern"), torch.device("cpu"), sync_bn=False)
+    assert step.device_ids is None  # gloo on CPU: DDP without device ids
+
+
+def test_sync_bn_on_cpu_workers_is_refused_before_joining(monkeypatch, tmp_path, capsys):
+    from cnnlab.cli import main
+
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "1"}.items():  # nobody listens: had it tried to join, it would fail differently
+        monkeypatch.setenv(k, v)
+    assert main(["train", "resnet20", "--sync-bn", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "--sync-bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_folder_shards_are_disjoint_reshuffled_per_epoch_and_evaluation_scores_each_image_once():
+    from torch.utils.data import TensorDataset
+
+    from cnnlab.data.folder import folder_loader
+
+    ds = TensorDataset(torch.arange(41))
+    orders = {}
+    for epoch in (0, 1):
+        shards = []
+        for rank in (0, 1):
+            loader = folder_loader(ds, 8, True, seed=7, workers=0, rank=rank, world=2)
+            loader.sampler.set_epoch(epoch)  # as the trainer does at the start of every epoch
+            batches = [b[0].tolist() for b in loader]
+            assert len(batches) == 41 // 8 and all(len(b) == 4 for b in batches)  # per-rank half of the global batch
+            shards.append([i for b in batches for i in b])
+        assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1]) == 20
+        orders[epoch] = shards
+    assert orders[0] != orders[1]  # a new shuffle every epoch, the same on every rank (seeded)
+    again = folder_loader(ds, 8, True, seed=7, workers=0, rank=0, world=2)
+    again.sampler.set_epoch(1)
+    assert [i for b in again for i in b[0].tolist()] == orders[1][0]
+    scored = [i for rank in (0, 1) for b in folder_loader(ds, 8, False, seed=7, workers=0, rank=rank, world=2)
+              for i in b[0].tolist()]
+    assert sorted(scored) == list(range(41))
+
+
+IMAGENETTE = Path(os.environ.get("CNNLAB_DATA_DIR", "../shared/data")) / "imagenette-subset"
+
+
+@pytest.mark.skipif(not IMAGENETTE.exists(), reason="no local Imagenette subset")
+def test_two_processes_on_an_image_folder_report_the_single_process_evaluation(tmp_path):
+    """The DistributedSampler path: 2 workers train on real photos; the validation metrics they reduce over
+    ranks must be those of one process scoring the saved weights on all 100 validation images."""
+    from contextlib import nullcontext
+
+    from cnnlab.data.folder import folder_datasets, folder_loader
+    from cnnlab.train.evaluate import model_from_checkpoint
+    from cnnlab.train.trainer import evaluate_loader
+
+    flags = ["lenet5_modern", "--data", f"folder:{IMAGENETTE}", "--epochs", "2", "--batch-size", "60", "--lr", "0.05",
+             "--quiet", "--seed", "1", "--out", str(tmp_path)]
+    run = subprocess.run(TORCHRUN + ["-m", "cnnlab", "train", *flags], env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    last = _metrics(tmp_path)[-1]
+    assert last["kind"] == "epoch" and last["step"] == 2 * (300 // 60)
+    model, state = model_from_checkpoint(tmp_path)
+    _, val, _, _ = folder_datasets(str(IMAGENETTE), state["input_size"][1], None, 1, state["in_chans"])
+    assert len(val) == 100
+    alone = evaluate_loader(model.to(memory_format=torch.channels_last), folder_loader(val, 60, False, 1, workers=0),
+                            torch.device("cpu"), nullcontext)
+    # the same counts (a skipped or twice-scored image moves top-1 by 1 point); the loss up to summation order
+    assert (last["eval_top1"], last["eval_top5"]) == (alone["top1"], alone["top5"])
+    assert last["eval_loss"] == pytest.approx(alone["loss"], rel=1e-5)
+
+
+def _gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.skipif(_gpus() < 2, reason="needs 2 CUDA GPUs (NCCL)")
+@pytest.mark.parametrize("model,extra", [("lenet5_modern", []), ("resnet20", ["--sync-bn"])])
+def test_on_two_gpus_nccl_gives_the_single_gpu_weights(tmp_path, model, extra):
+    """Runs only on a machine with 2+ GPUs. NCCL data parallelism (and, for the BatchNorm network, --sync-bn,
+    which normalises over the global batch) gives the weights of one GPU with the same global batch."""
+    flags = [model, "--epochs", "1", "--batch-size", "128", "--lr", "0.05", "--quiet", "--deterministic",
+             "--seed", "3", "--train-limit", "2560", "--val-split", "0.1", "--precision", "fp64", "--device", "cuda"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = subprocess.run([sys.executable, "-m", "cnnlab", "train", *flags, "--out", str(one)], env=ENV,
+                        capture_output=True, text=True, timeout=600)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    r2 = subprocess.run(TORCHRUN + ["-m", "cnnlab", "train", *flags, *extra, "--out", str(two)], env=ENV,
+                        capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert json.loads((two / "config.json").read_text())["distributed"]["backend"] == "nccl"
+    a, b = load_checkpoint(one)["model"], load_checkpoint(two)["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-9, rtol=1e-7)

@@ -109,8 +109,11 @@ def init(device_name: str) -> tuple[Dist, str]:
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                                   is_master=rank == 0 and not agent, timeout=timedelta(seconds=seconds))
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            # device_id binds NCCL to this worker's GPU and forms the communicator now, so a broken NCCL setup
+            # fails here, within the timeout, rather than at the first all-reduce
             dist.init_process_group(backend, store=dist.PrefixStore(f"cnnlab/attempt_{attempt}", store),
-                                    rank=rank, world_size=world, timeout=timedelta(seconds=seconds))
+                                    rank=rank, world_size=world, timeout=timedelta(seconds=seconds),
+                                    device_id=torch.device("cuda", local_rank) if use_cuda else None)
         except KeyError as e:
             raise CnnlabError(f"{e.args[0]} is not set: launch with torchrun, which sets it") from None
         except (RuntimeError, ValueError, dist.DistError) as e:
@@ -118,6 +121,19 @@ def init(device_name: str) -> tuple[Dist, str]:
                               f"{seconds:g} s ({str(e).splitlines()[0][:200]}); check --rdzv-endpoint / "
                               f"MASTER_ADDR and MASTER_PORT, and that every node was started") from None
     return Dist(rank, world, local_rank), ("cuda" if use_cuda else "cpu")
+
+
+def wrap(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(model, step model) for data-parallel training: with ``sync_bn`` every BatchNorm becomes a SyncBatchNorm
+    holding the same parameter and buffer tensors (so an optimiser built before still updates them), then the
+    model is wrapped in DistributedDataParallel, on this worker's GPU when it has one. The first is the bare
+    module whose state_dict is saved (keys without DDP's ``module.`` prefix); the second is called in steps."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return model, DistributedDataParallel(model, device_ids=ids)
 
 
 def shutdown() -> None:

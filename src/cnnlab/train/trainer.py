@@ -476,12 +476,7 @@ def _train(cfg: TrainConfig) -> RunResult:
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     step_model = model
     if dist.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        if cfg.sync_bn:
-            model = step_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # the optimiser holds the same parameter objects; `model` stays the bare module whose state is saved
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model, step_model = distributed.wrap(model, device, cfg.sync_bn)
     step_model = torch.compile(step_model) if cfg.compile else step_model
 
     if cfg.out:
