@@ -144,6 +144,39 @@ def test_checkpoint_of_another_architecture_is_refused(reference_run, tmp_path):
     assert main(["eval", str(tmp_path / "x.pt")]) == 2
 
 
+class _Payload:
+    """Unpickling this calls open(path, "w"): a file that appears means code from the checkpoint ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_unreadable_checkpoints_are_explained_and_never_run_code(reference_run, tmp_path, capsys):
+    ref, _ = reference_run
+    good = (ref / "last.pt").read_bytes()
+    marker = tmp_path / "code-ran"
+    torch.save({"format": "cnnlab-checkpoint-1", "model": _Payload(str(marker))}, tmp_path / "evil.pt")
+    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "config.json").write_text((ref / "config.json").read_text())
+    cases = {"evil.pt": "it holds a Python object (io.open) beyond tensors and plain containers",
+             "cut.pt": "it is damaged or cut short", "empty.pt": "it is empty",
+             "config.json": "it is not a PyTorch file (torch.save writes a zip archive"}
+    for name, why in cases.items():
+        assert main(["eval", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name} is not a readable checkpoint: {why}" in err, err
+        assert "Traceback" not in err and "weights_only` set to `False`" not in err  # no advice to load unsafely
+    assert not marker.exists()
+    assert main(["transfer", "--from", str(tmp_path / "evil.pt"), "--model", "lenet5_modern", "--data", "mnist",
+                 "--out", str(tmp_path / "t")]) == 2
+    assert "is not a readable weights file: it holds a Python object" in capsys.readouterr().err
+    assert not marker.exists()
+
+
 def test_eval_and_predict_commands(reference_run, capsys, tmp_path):
     ref, result = reference_run
     assert main(["eval", str(ref), "--format", "json"]) == 0

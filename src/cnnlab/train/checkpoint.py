@@ -30,12 +30,43 @@ def resolve(path: str | os.PathLike) -> Path:
     return p
 
 
+def safe_load(p: Path, what: str = "checkpoint", map_location="cpu"):
+    """``torch.load(p, weights_only=True)``; a file it cannot read becomes one sentence saying why: not a
+    torch.save file at all, a damaged one, or one holding objects that only an unsafe unpickling would build
+    (which cnnlab never does: opening a file must not run code from it)."""
+    import re
+    import warnings
+    import zipfile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. the unpickler's note on a foreign pickle protocol
+            return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure to read is explained below
+        text, eof = str(e), isinstance(e, EOFError)
+    if p.stat().st_size == 0:
+        why = "it is empty; copy it again"
+    elif "Weights only load failed" in text:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+        if found:
+            why = (f"it holds a Python object ({found.group(1)}) beyond tensors and plain containers, and "
+                   f"cnnlab opens files with torch.load(weights_only=True), which never runs code from them; if "
+                   f"you trust it, load it yourself and torch.save its tensors")
+        elif not zipfile.is_zipfile(p):
+            why = ("it is not a PyTorch file (torch.save writes a zip archive; this is not one); give a run folder "
+                   "or a .pt file")
+        else:
+            why = "it holds data that torch.load(weights_only=True) does not read"
+    elif "zip archive" in text or "central directory" in text or eof:
+        why = "it is damaged or cut short (an interrupted copy or download?); copy it again"
+    else:
+        why = f"{type(e).__name__}: {text.splitlines()[0][:200] if text else 'unreadable'}"
+    raise CnnlabError(f"{p} is not a readable {what}: {why}")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     p = resolve(path)
-    try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CnnlabError(f"{p} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    state = safe_load(p, "checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CnnlabError(f"{p} is not a cnnlab checkpoint (it has no {FORMAT!r} marker)")
     return state

@@ -93,14 +93,10 @@ def _read_source(name: str, source: str) -> tuple[dict, str]:
     if not path.exists():
         raise CnnlabError(f"no weights at {source!r}: give a cnnlab run folder or checkpoint, a state_dict file, "
                           f"or a torchvision weights name such as IMAGENET1K_V1")
-    from cnnlab.train.checkpoint import FORMAT, resolve
+    from cnnlab.train.checkpoint import FORMAT, resolve, safe_load
 
     file = resolve(path)
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to read is the same mistake for the user
-        raise CnnlabError(f"{file} is not a readable weights file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
+    obj = safe_load(file, "weights file")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj["model_name"] != name:
             raise CnnlabError(f"{file} holds a {obj['model_name']}, not a {name}; pass --model {obj['model_name']}")
