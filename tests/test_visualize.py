@@ -3,6 +3,7 @@
 
 import copy
 import gc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -325,7 +326,8 @@ def test_saliency_and_gradcam_of_a_real_digit(run, digits):
     (["gradcam", "RUN", "IMG", "--layer", "classifier.3"], "Grad-CAM needs a layer with spatial maps"),
     (["saliency", "RUN", "IMG", "--target", "10"], "class 10 is out of range; this model has 10 classes"),
     (["saliency", "RUN", "IMG", "--target", "seven"], "unknown class 'seven'"),
-    (["saliency", "RUN", "NOT_IMAGE"], "is not an image torchvision can read"),
+    (["saliency", "RUN", "NOT_IMAGE"], "is not an image torchvision can read: it is none of JPEG, PNG, WebP or GIF"),
+    (["saliency", "RUN", "CUT_IMAGE"], "is not an image torchvision can read: Out of bound read in decode_png"),
     (["saliency", "RUN", "/nonexistent.png"], "image /nonexistent.png does not exist"),
     (["top9", "RUN", "--layer", "features.4", "--channels", "16"], "channel 16 is out of range"),
     (["filters", "/nonexistent/run"], "no checkpoint at"),
@@ -335,10 +337,13 @@ def test_saliency_and_gradcam_of_a_real_digit(run, digits):
 def test_visualize_mistakes_exit_2(run, digits, tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.png").write_text("not an image")
-    swap = {"RUN": str(run), "IMG": str(digits[0]), "NOT_IMAGE": str(tmp_path / "notes.png")}
+    (tmp_path / "cut.png").write_bytes(Path(digits[0]).read_bytes()[:60])
+    swap = {"RUN": str(run), "IMG": str(digits[0]), "NOT_IMAGE": str(tmp_path / "notes.png"),
+            "CUT_IMAGE": str(tmp_path / "cut.png")}
     assert main(["visualize", *[swap.get(a, a) for a in argv]]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cnnlab: error: ") and message in err and "Traceback" not in err
+    assert ".cpp" not in err  # no C++ source locations from the decoder
 
 
 def test_top9_on_a_dataset_with_other_channels_exits_2(run, capsys, monkeypatch):

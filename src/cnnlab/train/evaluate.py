@@ -4,6 +4,7 @@ images) and ensembles (softmax averaged over several checkpoints)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +199,12 @@ def load_image(path, state: dict) -> torch.Tensor:
     try:
         img = decode_image(str(path), mode=ImageReadMode.GRAY if state["in_chans"] == 1 else ImageReadMode.RGB)
     except Exception as e:  # noqa: BLE001 - any decoder failure means the file is not a readable image
-        raise CnnlabError(f"{path} is not an image torchvision can read ({e})") from None
+        text = str(e)
+        if "Unsupported image file" in text:
+            why = "it is none of JPEG, PNG, WebP or GIF"
+        else:  # keep the decoder's own words, without its C++ source location
+            why = re.sub(r"^.*?\.cpp:\d+,\s*", "", text.splitlines()[0] if text else "unreadable")[:200]
+        raise CnnlabError(f"{path} is not an image torchvision can read: {why}") from None
     data = state["data"]
     if data.startswith("folder:"):
         from cnnlab.data.folder import transforms
