@@ -174,6 +174,33 @@ def test_receptive_field_of_a_branching_network_matches_the_gradient():
     assert centre == pytest.approx(float(rf.start[0] + 10 * rf.jump[0]))
 
 
+class Decoder(nn.Module):
+    """An encoder-decoder: a skip branch whose field is known, joined with two upsampled ones whose fields the
+    inspector does not track (a transposed convolution, nearest-neighbour upsampling)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.up, self.relu, self.head = nn.ConvTranspose2d(8, 8, 2, stride=2), nn.ReLU(), nn.Conv2d(24, 4, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        joined = torch.cat([y, self.up(self.b(y)), F.interpolate(self.b(y), scale_factor=2)], 1)
+        return self.head(self.relu(joined)).mean((2, 3))
+
+
+def test_a_field_built_on_an_untracked_one_is_unknown_not_the_known_branchs():
+    s = summary(Decoder(), (3, 16, 16))
+    rf = {r.name: r.rf for r in s.rows}
+    assert str(rf["a"]) == "3x3, jump 1, start 0" and str(rf["b"]) == "5x5, jump 2, start 0"
+    # the concatenation reads the upsampled maps too, so the skip branch's 3x3 is not its field
+    assert rf["up"] is None and rf["relu"] is None and rf["head"] is None and s.rows[0].rf is None
+    assert s.receptive_field is None
+    assert s.untracked_ops == ["aten.convolution (transposed)", "aten.upsample_nearest2d"]
+    assert s.totals_lines()[-1] == ("Receptive field of the output unknown: not tracked through: "
+                                     "aten.convolution (transposed), aten.upsample_nearest2d")
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_summarises_with_tracked_fields(name):
     s = summary(name)

@@ -376,3 +376,17 @@ def test_the_loss_temperature_scales_the_logits_the_losses_see():
     ev = evaluate_loader(Fixed(), [(torch.zeros(2, 1), y)], torch.device("cpu"), nullcontext, logit_scale=0.25)
     assert abs(ev["loss"] - want.item()) < 1e-6 and ev["top1"] == 50.0  # evaluation reports the same loss
     assert get_recipe("lenet5_mnist").logit_scale == 0.25 and get_recipe("lenet5_modern_mnist").logit_scale == 1.0
+
+
+def test_an_unforeseen_load_failure_is_still_one_sentence(tmp_path, monkeypatch):
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train.checkpoint import safe_load
+
+    (tmp_path / "x.pt").write_bytes(b"PK\x03\x04")
+
+    def broken(*a, **k):
+        raise OSError("Input/output error")
+
+    monkeypatch.setattr(torch, "load", broken)
+    with pytest.raises(CnnlabError, match=r"x.pt is not a readable checkpoint: OSError: Input/output error$"):
+        safe_load(tmp_path / "x.pt")

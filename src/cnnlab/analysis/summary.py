@@ -169,7 +169,8 @@ class Summary:
         if self.receptive_field is not None:
             lines.append(f"Receptive field of {self.receptive_field_layer}: {self.receptive_field}")
         if self.untracked_ops:
-            lines.append("Receptive field not tracked through: " + ", ".join(self.untracked_ops))
+            lines.append(f"Receptive field{' of the output unknown:' if self.receptive_field is None else ''} "
+                         f"not tracked through: " + ", ".join(self.untracked_ops))
         return lines
 
     def table(self, depth: int | None = None) -> str:
@@ -267,6 +268,7 @@ class _Recorder(TorchDispatchMode):
         self.stack: list[int] = []  # indices into rows of the modules now running
         self.seen: set[int] = set()
         self.rf = WeakIdKeyDictionary()
+        self.lost = WeakIdKeyDictionary()  # tensors computed from one whose field is not known
         self.fresh = WeakIdKeyDictionary()  # tensor -> produced by a non-aliasing operation
         self.suppress = 0
         self.untracked: dict[str, None] = {}
@@ -307,7 +309,9 @@ class _Recorder(TorchDispatchMode):
             self.suppress -= 1
             fields = [self.rf[t] for t in ins if t in self.rf]
             for t in outs:
-                if fields:
+                if any(i in self.lost for i in ins):
+                    self.lost[t] = True
+                elif fields:
                     self.rf[t] = RF.union(fields)
                     if self.rf[t].spatial:
                         self.last_spatial = (self.rf[t], row.name)
@@ -347,7 +351,12 @@ class _Recorder(TorchDispatchMode):
         return out
 
     def _propagate(self, func, args, kwargs, outs):
-        ins = [t for t in _tensors((args, kwargs)) if t in self.rf]
+        tensors = _tensors((args, kwargs))
+        if any(t in self.lost for t in tensors):  # a field built on an unknown one is unknown too
+            for t in outs:
+                self.lost[t] = True
+            return
+        ins = [t for t in tensors if t in self.rf]
         if not ins or not outs:
             return
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -379,8 +388,11 @@ class _Recorder(TorchDispatchMode):
                 offsets[axis], steps[axis] = max(begin, 0), step
                 result = src.shift(offsets, steps)
         if result is None:
-            result = self._generic(func, ins, outs)
-        if result is not None:
+            result = self._generic(func, args, ins, outs)
+        if result is None:
+            for t in outs:
+                self.lost[t] = True
+        else:
             for t in outs:
                 self.rf[t] = result
             if result.spatial:  # the deepest spatial field so far, and the module that produced it
@@ -398,7 +410,7 @@ class _Recorder(TorchDispatchMode):
             s.append(Fraction(i, o))
         return src.layer(k, s, (0, 0), (1, 1))
 
-    def _generic(self, func, ins, outs) -> RF | None:
+    def _generic(self, func, args, ins, outs) -> RF | None:
         fields = [self.rf[t] for t in ins]
         out = outs[0]
         spatial_in = [t for t in ins if self.rf[t].spatial]
@@ -409,7 +421,8 @@ class _Recorder(TorchDispatchMode):
         if out.dim() < 4:  # flatten, view to vectors: every position is read
             return RF.union([self.rf[t].globalise(t.shape[2:]) if self.rf[t].spatial else self.rf[t]
                              for t in ins if t.dim() == 4 or not self.rf[t].spatial])
-        self.untracked[str(func._overloadpacket)] = None
+        transposed = func._overloadpacket is aten.convolution and len(args) > 6 and args[6]
+        self.untracked[f"{func._overloadpacket}{' (transposed)' if transposed else ''}"] = None
         return None
 
 
@@ -477,7 +490,7 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
             rec.rf[x] = RF.input(2)
             with rec:
                 try:
-                    module(x)
+                    output = module(x)
                 except RuntimeError as e:
                     raise CnnlabError(
                         f"{name} cannot run on a {'x'.join(map(str, input_size))} input: {_first_line(e)}; "
@@ -492,6 +505,8 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
             rows[row.parent].macs += row.macs
     params = list(module.parameters())
     rf, rf_layer = rec.last_spatial or (None, None)
+    if any(t in rec.lost for t in _tensors(output)):  # the deepest known field is not the network's
+        rf, rf_layer = None, None
     return Summary(
         model=name, input_size=input_size, rows=rows,
         total_params=sum(p.numel() for p in params),

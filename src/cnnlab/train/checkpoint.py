@@ -43,7 +43,7 @@ def safe_load(p: Path, what: str = "checkpoint", map_location="cpu"):
             warnings.simplefilter("ignore")  # e.g. the unpickler's note on a foreign pickle protocol
             return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure to read is explained below
-        text, eof = str(e), isinstance(e, EOFError)
+        text, eof, kind = str(e), isinstance(e, EOFError), type(e).__name__
     if p.stat().st_size == 0:
         why = "it is empty; copy it again"
     elif "Weights only load failed" in text:
@@ -60,7 +60,7 @@ def safe_load(p: Path, what: str = "checkpoint", map_location="cpu"):
     elif "zip archive" in text or "central directory" in text or eof:
         why = "it is damaged or cut short (an interrupted copy or download?); copy it again"
     else:
-        why = f"{type(e).__name__}: {text.splitlines()[0][:200] if text else 'unreadable'}"
+        why = f"{kind}: {text.splitlines()[0][:200] if text else 'unreadable'}"
     raise CnnlabError(f"{p} is not a readable {what}: {why}")
 
 
