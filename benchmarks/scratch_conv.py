@@ -58,8 +58,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# {cpu_model()}, {args.threads} thread(s) on both sides; numpy {np.__version__}, torch {torch.__version__}; "
-          f"median (min-max) of {args.runs} runs x {args.reps} calls, ms per call, fp32")
+    print(f"# {cpu_model()}, {args.threads} thread(s) on both sides; numpy {np.__version__}, "
+          f"torch {torch.__version__}; median (min-max) of {args.runs} runs x {args.reps} calls, ms per call, fp32")
     print(f"{'shape':<32} {'pass':<8} {'scratch (numpy)':>24} {'torch':>24} {'ratio':>6}")
     rng = np.random.default_rng(0)
     with blas_threads(args.threads), torch.no_grad():
@@ -84,7 +84,8 @@ def bench(name, n, c, h, w, f, k, s, p, rng, runs, reps):
 
     assert np.allclose(F.conv2d(tx, tw, tb, s, p).numpy(), y, atol=1e-3)
     assert np.allclose(torch_backward()[0].numpy(), layer.backward(g), atol=1e-3)
-    return [("forward", timed(lambda: layer.forward(x), runs, reps), timed(lambda: F.conv2d(tx, tw, tb, s, p), runs, reps)),
+    return [("forward", timed(lambda: layer.forward(x), runs, reps),
+             timed(lambda: F.conv2d(tx, tw, tb, s, p), runs, reps)),
             ("backward", timed(lambda: layer.backward(g), runs, reps), timed(torch_backward, runs, reps))]
 
 

@@ -86,8 +86,8 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(reference_run, tmp_pa
 
 def test_kill_minus_9_mid_epoch_then_resume_equals_the_uninterrupted_run(reference_run, tmp_path):
     ref, _ = reference_run
-    cmd = [sys.executable, "-m", "cnnlab", "train", "lenet5_modern", "--epochs", "2", "--batch-size", "256", "--lr", "0.05",
-           "--quiet", "--deterministic", "--seed", "3", "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", "cnnlab", "train", "lenet5_modern", "--epochs", "2", "--batch-size", "256",
+           "--lr", "0.05", "--quiet", "--deterministic", "--seed", "3", "--out", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600  # generous: a loaded machine may be slow
     while not (tmp_path / "last.pt").exists() and time.time() < deadline and proc.poll() is None:

@@ -409,7 +409,7 @@ def _strip(argv: list[str], flags: tuple[str, ...]) -> list[str]:
             skip = False
         elif a in flags:
             skip = True
-        elif not a.split("=", 1)[0] in flags:
+        elif a.split("=", 1)[0] not in flags:
             out.append(a)
     return out
 

@@ -173,8 +173,9 @@ class ConvReport:
         h, w, c = self.input
         k = self.kernel
         if self.kind == "conv":
-            head = (f"conv: {self.filters} filter{'s' if self.filters > 1 else ''} of {k}x{k}x{c // self.groups}, stride {self.stride}, "
-                    f"pad {self.pad}" + (f", dilation {self.dilation}" if self.dilation > 1 else "")
+            head = (f"conv: {self.filters} filter{'s' if self.filters > 1 else ''} of {k}x{k}x{c // self.groups}, "
+                    f"stride {self.stride}, pad {self.pad}"
+                    + (f", dilation {self.dilation}" if self.dilation > 1 else "")
                     + (f", {self.groups} groups" if self.groups > 1 else "") + f", on a {h}x{w}x{c} input")
         else:
             head = (f"{self.op} pool: {k}x{k} window, stride {self.stride}, pad {self.pad}"

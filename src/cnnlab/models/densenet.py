@@ -222,7 +222,8 @@ def _register_imagenet(name: str, tv: tuple | None, what: str):
 
     builder.__name__ = builder.__qualname__ = name
     builder.__module__ = __name__
-    register_model(paper=PAPER, input_size=(3, 224, 224), summary=what, figures=torchvision_figures(*tv) if tv else ())(builder)
+    register_model(paper=PAPER, input_size=(3, 224, 224), summary=what,
+                   figures=torchvision_figures(*tv) if tv else ())(builder)
     globals()[name] = builder
 
 

@@ -17,8 +17,8 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["Figure", "ModelCard", "Paper", "create_model", "list_models", "model_card", "model_options", "register_model",
-           "torchvision_figures"]
+__all__ = ["Figure", "ModelCard", "Paper", "create_model", "list_models", "model_card", "model_options",
+           "register_model", "torchvision_figures"]
 
 
 @dataclass(frozen=True)

@@ -268,9 +268,11 @@ def _paper_figures(depth: int, billions: float) -> tuple[Figure, ...]:
 
 #          name              depth  torchvision: weights enum, params, GFLOPS, acc@1, acc@5          Table 1
 _register("resnet18", PAPER, "ResNet-18 (basic blocks), torchvision-compatible",
-          torchvision_figures("ResNet18_Weights", 11_689_512, 1.814, 69.758, 89.078) + (_table1_flops(18, 1.8),), depth=18)
+          torchvision_figures("ResNet18_Weights", 11_689_512, 1.814, 69.758, 89.078) + (_table1_flops(18, 1.8),),
+          depth=18)
 _register("resnet34", PAPER, "ResNet-34 (basic blocks), torchvision-compatible",
-          torchvision_figures("ResNet34_Weights", 21_797_672, 3.664, 73.314, 91.420) + _paper_figures(34, 3.6), depth=34)
+          torchvision_figures("ResNet34_Weights", 21_797_672, 3.664, 73.314, 91.420) + _paper_figures(34, 3.6),
+          depth=34)
 _register("resnet50", PAPER, "ResNet-50 v1.5 (stride on the 3x3), torchvision-compatible",
           torchvision_figures("ResNet50_Weights", 25_557_032, 4.089, 76.130, 92.862), depth=50)
 _register("resnet101", PAPER, "ResNet-101 v1.5 (stride on the 3x3), torchvision-compatible",
@@ -292,9 +294,11 @@ _register("resnext101_32x8d", RESNEXT, "ResNeXt-101 32x8d (grouped 3x3), torchvi
           torchvision_figures("ResNeXt101_32X8D_Weights", 88_791_336, 16.414, 79.312, 94.526),
           depth=101, groups=32, width_per_group=8)
 _register("wide_resnet50_2", WIDE, "Wide ResNet-50-2 (bottleneck 3x3 twice as wide), torchvision-compatible",
-          torchvision_figures("Wide_ResNet50_2_Weights", 68_883_240, 11.398, 78.468, 94.086), depth=50, width_per_group=128)
+          torchvision_figures("Wide_ResNet50_2_Weights", 68_883_240, 11.398, 78.468, 94.086), depth=50,
+          width_per_group=128)
 _register("wide_resnet101_2", WIDE, "Wide ResNet-101-2 (bottleneck 3x3 twice as wide), torchvision-compatible",
-          torchvision_figures("Wide_ResNet101_2_Weights", 126_886_696, 22.753, 78.848, 94.284), depth=101, width_per_group=128)
+          torchvision_figures("Wide_ResNet101_2_Weights", 126_886_696, 22.753, 78.848, 94.284), depth=101,
+          width_per_group=128)
 _register("plain18", PAPER, "the paper's 18-layer plain baseline: ResNet-18 without shortcuts",
           (Figure("macs", 1.8e9, "He et al. 2016, Table 1 (18-layer FLOPs)", 0.1e9,
                   "the paper's 'FLOPs' are multiply-adds"),), depth=18, plain=True)

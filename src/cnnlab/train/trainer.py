@@ -705,7 +705,8 @@ def write_summary(run_dir: Path, cfg: dict, history: list[dict], best: float, se
         f"top-5 {last.get('eval_top5', float('nan')):.2f}%; best top-1 {best:.2f}%",
         f"- training speed: median {sorted(ips)[len(ips) // 2] if ips else 0:,.0f} images/s; "
         f"wall time {seconds:.1f} s (this process)",
-        f"- hardware: {cfg['hardware']['device']}, {cfg['hardware']['cpu_count']} CPUs, torch {cfg['versions']['torch']}",
+        f"- hardware: {cfg['hardware']['device']}, {cfg['hardware']['cpu_count']} CPUs, "
+        f"torch {cfg['versions']['torch']}",
         "", "| epoch | train loss | train top-1 | eval loss | eval top-1 | eval top-5 | img/s |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
