@@ -100,6 +100,34 @@ def _rank_of(pid: int) -> int | None:
     return next((int(e[5:]) for e in env if e.startswith(b"RANK=")), None)
 
 
+def _listening(pids: list[int]) -> list[str]:
+    """The local addresses ("127.0.0.1:PORT", "0.0.0.0:PORT", "[::]:PORT") of the TCP sockets on which any of
+    ``pids`` listens, read from /proc (no tool needed)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            pass
+    found = []
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # state LISTEN
+                hexaddr, port = f[1].split(":")
+                raw = bytes.fromhex(hexaddr)
+                if v6:
+                    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                    addr = "[" + socket.inet_ntop(socket.AF_INET6, raw) + "]"
+                else:
+                    addr = socket.inet_ntop(socket.AF_INET, raw[::-1])
+                found.append(f"{addr}:{int(port, 16)}")
+    return found
+
+
 def test_a_killed_worker_is_restarted_from_the_checkpoint_and_the_result_is_unchanged(double, tmp_path):
     two, _ = double
     # the `cnnlab train --nproc` shortcut: cnnlab -> torchrun -> 2 workers
@@ -110,8 +138,12 @@ def test_a_killed_worker_is_restarted_from_the_checkpoint_and_the_result_is_unch
     while time.time() < deadline and proc.poll() is None:  # wait for a step line of epoch 2, then kill rank 0
         m = tmp_path / "metrics.jsonl"
         if m.exists() and any(json.loads(l)["epoch"] == 2 for l in m.read_text().splitlines() if l.endswith("}")):
-            workers = [w for t in _children(proc.pid) for w in _children(t)]
+            launcher = _children(proc.pid)
+            workers = [w for t in launcher for w in _children(t)]
             victim = next((w for w in workers if _rank_of(w) == 0), None)
+            # --nproc is a single-machine job: torchrun's stores and gloo listen on the loopback interface only
+            servers = _listening([proc.pid, *launcher, *workers])
+            assert servers and all(a.startswith(("127.0.0.1:", "[::1]:")) for a in servers), servers
             break
         time.sleep(0.02)
     assert victim is not None, "never saw the workers in epoch 2"

@@ -142,8 +142,9 @@ def shutdown() -> None:
 
 
 def torchrun_command(nproc: int, argv: list[str], max_restarts: int = 0) -> list[str]:
-    """The torchrun command line that ``cnnlab train --nproc N`` runs: a standalone (single-node) job."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    """The command that ``cnnlab train --nproc N`` runs: ``torchrun --standalone`` (a single-node job) whose
+    servers listen on 127.0.0.1 only (cnnlab.train.torchrun_local)."""
+    return [sys.executable, "-m", "cnnlab.train.torchrun_local", f"--nproc-per-node={nproc}",
             f"--max-restarts={max_restarts}", "-m", "cnnlab", *argv]
 
 
