@@ -1,4 +1,10 @@
-from cnnlab.analysis.fidelity import fidelity, render
+import json
+
+import pytest
+
+from cnnlab.analysis.fidelity import FidelityRow, fidelity, fidelity_of_run, render
+from cnnlab.cli import main
+from cnnlab.models.registry import Figure
 
 
 def test_vgg_table_2_and_torchvision_figures_agree():
@@ -28,3 +34,68 @@ def test_render_formats():
     assert "60,000" in table and "1 of 1 computable figures agree" in table
     assert render(rows, "md").startswith("| Model | Figure |")
     assert '"paper": 60000' in render(rows, "json")
+
+
+# --- a run's accuracy beside the paper's ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lenet5_run(tmp_path_factory):
+    """LeNet-5 as published, trained briefly (1 epoch on 3,000 digits): far from the paper's 0.95%."""
+    from cnnlab.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("lenet5")
+    train(TrainConfig(model="lenet5", epochs=1, train_limit=3_000, quiet=True, seed=0, out=str(out)))
+    return out
+
+
+def test_a_runs_test_error_is_set_beside_the_papers(lenet5_run, capsys):
+    rows, note = fidelity_of_run(str(lenet5_run))
+    err = next(r for r in rows if r.figure.metric == "test_err")
+    # the trainer scored the same weights on the same 10,000 test digits through its own evaluation loop
+    final = [json.loads(line) for line in (lenet5_run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["eval_split"] == "test"
+    assert err.trained and err.ours == pytest.approx(100 - final["eval_top1"], abs=1e-9)
+    assert err.ours > 2 and err.diff == pytest.approx(err.ours - 0.95) and err.verdict == "worse"
+    assert err.agrees is None  # a measured accuracy is not a rounding question
+    params = next(r for r in rows if r.figure.metric == "params")
+    assert params.agrees and not params.trained  # computed figures stay as they are
+    assert note == (f"Trained weights: {lenet5_run / 'last.pt'}, scored on the mnist test set (10,000 images, one "
+                    f"centre view).")
+    # 2 standard errors of a 0.95% error rate on 10,000 images: 200 * sqrt(0.0095 * 0.9905 / 10000)
+    assert err.images == 10_000 and err.noise == pytest.approx(0.1940, abs=1e-4)
+    assert main(["fidelity", "--run", str(lenet5_run)]) == 0
+    out = capsys.readouterr().out
+    assert f"{err.ours:.2f}" in out and f"{err.diff:+.2f} points" in out
+    assert (f"Measured: test error % {err.ours:.2f} against 0.95, {err.verdict} (2 standard errors on 10,000 "
+            f"images: ±0.19 points).") in out
+    assert out.rstrip().endswith(note)
+    assert main(["fidelity", "lenet5", "--run", str(lenet5_run), "--format", "json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["metric"] == "test_err")
+    assert row["trained"] is True and row["dataset"] == "mnist" and row["ours"] == pytest.approx(err.ours)
+
+
+def test_a_run_with_other_options_or_of_another_model_is_not_compared(lenet5_run, tmp_path, capsys):
+    from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(lenet5_run)
+    state["model_options"] = {"head": "linear"}  # not the paper's RBF output layer
+    save_checkpoint(state, tmp_path / "linear.pt")
+    rows, note = fidelity_of_run(str(tmp_path / "linear.pt"))
+    assert all(not r.trained for r in rows) and "head='linear'" in note and "not those of the published" in note
+    assert main(["fidelity", "vgg16", "--run", str(lenet5_run)]) == 2
+    assert "is a lenet5 run, not vgg16; leave the model name out" in capsys.readouterr().err
+
+
+def test_measured_verdicts_know_which_way_is_better():
+    err, acc = Figure("test_err", 8.75, "paper", 0.01), Figure("top1_acc", 69.76, "tv", 0.001)
+    assert FidelityRow("m", err, 7.5, trained=True).verdict == "better"
+    assert FidelityRow("m", err, 9.0, trained=True).verdict == "worse"
+    assert FidelityRow("m", acc, 70.0, trained=True).verdict == "better"
+    assert FidelityRow("m", acc, 69.0, trained=True).verdict == "worse"
+    assert FidelityRow("m", acc, 69.76, trained=True).verdict == "equal"
+    # ResNet-20's 8.75% on CIFAR-10's 10,000 test images: 2 SE = 200 * sqrt(0.0875 * 0.9125 / 10000) = 0.565
+    assert FidelityRow("m", err, 9.30, trained=True, images=10_000).verdict == "within noise"
+    assert FidelityRow("m", err, 9.35, trained=True, images=10_000).verdict == "worse"
+    assert FidelityRow("m", err, 8.20, trained=True, images=10_000).verdict == "within noise"
+    assert FidelityRow("m", err, 8.15, trained=True, images=10_000).verdict == "better"

@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fidelity", help="our numbers beside the papers'")
     f.add_argument("name", nargs="?", help="one model (default: all with published figures)")
+    f.add_argument("--run", metavar="RUN", help="a run folder or checkpoint: also measure its accuracy on the test "
+                   "set and set it beside the published one")
+    f.add_argument("--data-dir", help="where datasets live (default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab)")
     f.add_argument("--format", choices=("table", "md", "json"), default="table")
 
     arr = "rows 'a b c; d e f' (channels split by '|') or a .csv, .txt or .npy file"
@@ -298,9 +301,12 @@ def _calc(args) -> str:
 
 
 def _fidelity(args) -> str:
-    from cnnlab.analysis.fidelity import fidelity, render
+    from cnnlab.analysis.fidelity import fidelity, fidelity_of_run, render
     from cnnlab.models import model_card
 
+    if args.run:
+        rows, note = fidelity_of_run(args.run, args.data_dir, args.name)
+        return render(rows, args.format, note)
     if args.name and not model_card(args.name).figures:
         raise CnnlabError(f"{args.name} has no published figures on its card; `cnnlab fidelity` lists all that do")
     return render(fidelity(args.name), args.format)

@@ -238,7 +238,7 @@ MNIST_NOTE = "MNIST test set, 28x28 digits padded to 32x32"
     figures=(
         Figure("params", 60_000, "LeCun et al. 1998: 60,000 trainable free parameters"),
         Figure("test_err", 0.95, "LeCun et al. 1998, Sec. III.C: LeNet-5 without distortions", 0.01,
-               MNIST_NOTE),
+               MNIST_NOTE, dataset="mnist"),
     ),
 )
 def lenet5(num_classes: int = 10, in_chans: int = 1, head: str = "rbf") -> nn.Module:

@@ -79,9 +79,10 @@ class NiN(nn.Module):
     paper=PAPER, input_size=(3, 32, 32), num_classes=10,
     summary="Network in Network for CIFAR-10: three mlpconv layers, global average pooling",
     figures=(
-        Figure("test_err", 10.41, "Lin et al. 2014, Table 1: NIN + Dropout", 0.01, "CIFAR-10 test"),
+        Figure("test_err", 10.41, "Lin et al. 2014, Table 1: NIN + Dropout", 0.01, "CIFAR-10 test",
+               dataset="cifar10"),
         Figure("test_err", 8.81, "Lin et al. 2014, Table 1: NIN + Dropout + augmentation", 0.01,
-               "CIFAR-10 test, translation and flip augmentation"),
+               "CIFAR-10 test, translation and flip augmentation", dataset="cifar10"),
     ),
 )
 def nin_cifar(num_classes: int = 10, in_chans: int = 3, dropout: float = 0.5) -> nn.Module:

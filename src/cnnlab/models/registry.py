@@ -58,6 +58,9 @@ class Figure:
     precision: float = 1.0
     note: str = ""
     options: dict = field(default_factory=dict, compare=False)  # create_model options it refers to
+    # for accuracies: the cnnlab dataset whose test set the figure was measured on ("" if cnnlab has none, as
+    # for ImageNet); `cnnlab fidelity --run` fills in a run's own figure only where its data is this one
+    dataset: str = ""
 
     def __post_init__(self):
         if self.metric not in METRICS:

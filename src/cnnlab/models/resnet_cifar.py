@@ -131,7 +131,7 @@ def _register_cifar(depth: int) -> None:
 
     table6 = "He et al. 2016, Table 6"
     figures = (Figure("params", millions * 1e6, table6, precision * 1e6),
-               Figure("test_err", error, table6 + " (CIFAR-10, augmented)", 0.01))
+               Figure("test_err", error, table6 + " (CIFAR-10, augmented)", 0.01, dataset="cifar10"))
     for fn, what, figs in ((resnet, f"ResNet-{depth} for CIFAR-10 ({n} blocks per stage, option A)", figures),
                            (plain, f"the {depth}-layer plain twin of ResNet-{depth} (no shortcuts)", figures[:1])):
         name = ("resnet" if fn is resnet else "plain") + str(depth)
@@ -151,7 +151,7 @@ for _depth in DEPTHS:
     paper=SD_PAPER, input_size=(3, 32, 32), num_classes=10,
     summary="ResNet-110 with stochastic depth, p_L = 0.5 (Huang et al.'s CIFAR setting)",
     figures=(Figure("test_err", 5.25, "Huang et al. 2016, Table 1 (CIFAR-10+, 110 layers, stochastic depth)",
-                    0.01),
+                    0.01, dataset="cifar10"),
              Figure("params", 1.7e6, "He et al. 2016, Table 6 (the same 110-layer network)", 0.1e6)),
 )
 def resnet110_sd(num_classes: int = 10, in_chans: int = 3, drop_path_rate: float = 0.5) -> nn.Module:

@@ -138,7 +138,9 @@ class EvalReport:
 
 
 def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = None, data_dir=None,
-             batch_size: int = 256) -> EvalReport:
+             batch_size: int = 256, split: str | None = None) -> EvalReport:
+    """Score checkpoints (an ensemble averages their softmax) on the split they were evaluated on in
+    training, or on ``split`` ("test") if given; image folders use their own evaluation split."""
     from cnnlab.data.memory import Augment, MemoryLoader, load, preprocess
     from cnnlab.train.trainer import keep_freed_memory
 
@@ -155,7 +157,7 @@ def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = 
     aug = Augment(**state["recipe"]["augment"])
     if data.startswith("folder:"):
         return _evaluate_folder(models, state, data, tta, batch_size)
-    split = state.get("eval_split", "test")
+    split = split or state.get("eval_split", "test")
     ds = load(data, "test" if split == "test" else "train", data_dir)
     if split == "val":
         from cnnlab.data.memory import split_train_val
