@@ -184,6 +184,23 @@ def test_an_unreachable_rendezvous_fails_within_the_timeout(tmp_path):
     assert "Traceback" not in run.stderr and time.time() - t0 < 60
 
 
+def test_rank_0_launched_without_torchrun_serves_a_loopback_master_on_loopback_only(tmp_path):
+    # RANK/WORLD_SIZE/MASTER_ADDR set by hand (no torchrun agent): rank 0 hosts the store itself. A TCPStore
+    # server listens on every interface unless given a socket; for MASTER_ADDR 127.0.0.1 cnnlab gives it one.
+    port = _free_port()
+    env = {**ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "CNNLAB_DIST_TIMEOUT": "5"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", *FLAGS, "--out", str(tmp_path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    servers, deadline = [], time.time() + 60
+    while not servers and time.time() < deadline and proc.poll() is None:
+        servers = _listening([proc.pid])
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert servers == [f"127.0.0.1:{port}"], servers
+    assert proc.returncode == 2 and "could not join the process group" in err  # rank 1 never came
+
+
 @pytest.mark.parametrize("is_host,error", [("true", "RendezvousTimeoutError"),
                                            ("false", "RendezvousConnectionError")])
 def test_torchruns_multi_node_rendezvous_gives_up_within_join_timeout(tmp_path, is_host, error):

@@ -32,6 +32,9 @@ def test_render_formats():
     rows = fidelity("lenet5")
     table = render(rows)
     assert "60,000" in table and "1 of 1 computable figures agree" in table
+    assert table.rstrip().endswith("Accuracies on mnist: `cnnlab fidelity --run RUN` measures a trained run's "
+                                   "beside them.")
+    assert "--run" not in render(fidelity("vgg16"))  # ImageNet accuracies: nothing cnnlab can measure
     assert render(rows, "md").startswith("| Model | Figure |")
     assert '"paper": 60000' in render(rows, "json")
 

@@ -224,4 +224,9 @@ def render(rows: list[FidelityRow], fmt: str = "table", note: str = "") -> str:
         pairs = [f"{METRICS[r.figure.metric]} {r.ours:.2f} against {_fmt(r.figure.value, r.figure.precision)}, "
                  f"{r.verdict} (2 standard errors on {r.images:,} images: ±{r.noise:.2f} points)" for r in measured]
         text += "\nMeasured: " + "; ".join(pairs) + "."
+    elif not note:
+        measurable = sorted({r.figure.dataset for r in rows if r.ours is None and r.figure.dataset})
+        if measurable:
+            text += (f"\nAccuracies on {' and '.join(measurable)}: `cnnlab fidelity --run RUN` measures a trained "
+                     f"run's beside them.")
     return text + (f"\n{note}" if note else "") + "\n"

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.torchrun_local import LoopbackTCPStore
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -106,8 +107,11 @@ def init(device_name: str) -> tuple[Dist, str]:
             # the store torchrun's agent serves (or rank 0 hosts without an agent), with keys prefixed by the
             # restart count: workers restarted after a failure never read the dead generation's addresses
             agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                                  is_master=rank == 0 and not agent, timeout=timedelta(seconds=seconds))
+            # without torchrun's agent rank 0 serves the store; for a loopback MASTER_ADDR only on loopback
+            host = os.environ["MASTER_ADDR"]
+            kind = LoopbackTCPStore if _is_loopback(host) else dist.TCPStore
+            store = kind(host, int(os.environ["MASTER_PORT"]), world, is_master=rank == 0 and not agent,
+                         timeout=timedelta(seconds=seconds))
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             # device_id binds NCCL to this worker's GPU and forms the communicator now, so a broken NCCL setup
             # fails here, within the timeout, rather than at the first all-reduce
@@ -134,6 +138,19 @@ def wrap(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> tuple[t
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return model, DistributedDataParallel(model, device_ids=ids)
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address as written; host names are not resolved (a Debian machine's own
+    name resolves to 127.0.1.1, yet other nodes reach it under that name)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def shutdown() -> None:
