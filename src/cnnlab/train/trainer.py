@@ -123,8 +123,9 @@ def resolve_precision(precision: str, device: torch.device, macs_per_image: int)
     """'auto': on CUDA bf16 where supported, else fp16. On a CPU bf16 autocast (channels-last) where it pays:
     for networks of at least 10M multiply-adds per image (resnet20 has 41M, vgg_cifar 153M), on CPUs with AMX
     tiles or where a probe convolution runs at least 1.3x faster in bf16 than in fp32 (``cpu_bf16_speedup``,
-    measured once per machine). CPUs differ: benchmarks/throughput.py measured bf16 at 0.7x of fp32 on one AVX-512-bf16 CPU without AMX and at
-    1.7-2.1x on another (vgg_cifar, resnet20); LeNet-5 stays in fp32 everywhere."""
+    measured once per machine). CPUs differ: benchmarks/throughput.py measured bf16 at 0.7x of fp32 on one
+    AVX-512-bf16 CPU without AMX and at 1.7-2.1x on another (vgg_cifar, resnet20); LeNet-5 stays in fp32
+    everywhere."""
     if precision not in ("auto", "fp32", "bf16", "fp16", "fp64"):
         raise CnnlabError(f"--precision must be fp32, bf16, fp16, fp64 or auto, got {precision!r}")
     if precision != "auto":
