@@ -432,3 +432,47 @@ def test_on_two_gpus_nccl_gives_the_single_gpu_weights(tmp_path, model, extra):
     a, b = load_checkpoint(one)["model"], load_checkpoint(two)["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-9, rtol=1e-7)
+
+
+def test_stochastic_depth_under_ddp_equals_one_process(tmp_path):
+    """Blocks skipped by stochastic depth leave parameters unused in a step. Every rank draws the same skips,
+    so DDP (told to look for unused parameters) must leave their gradients None, as one process does: no
+    momentum or weight-decay update for a skipped block. Without find_unused_parameters DDP stops at the
+    step after the first skip."""
+    worker = str(Path(__file__).with_name("ddp_skip_worker.py"))
+    one = subprocess.run([sys.executable, worker, str(tmp_path / "one.pt")], env=ENV, capture_output=True,
+                         text=True, timeout=120)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(TORCHRUN + [worker, str(tmp_path / "two.pt")], env=ENV, capture_output=True, text=True,
+                         timeout=120)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f, weights_only=True) for f in ("one.pt", "two.pt"))
+    assert a["skipped"] == b["skipped"] and any(any(s) for s in a["skipped"])  # the same blocks skipped
+    for k in a["state"]:
+        torch.testing.assert_close(b["state"][k], a["state"][k], atol=1e-12, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name,options,skips", [
+    ("resnet20", {}, False), ("resnet20", {"drop_path_rate": 0.2}, True), ("resnet110_sd", {}, True),
+    ("resnet18", {"drop_path_rate": 0.1}, True), ("plain20", {}, False), ("fractalnet20", {}, True),
+    ("fractalnet20", {"drop_path": False}, False), ("fractalnet20", {"drop_path": False, "column": 0}, True),
+    ("googlenet", {}, False), ("vgg_cifar", {}, False),
+])
+def test_ddp_looks_for_unused_parameters_exactly_in_models_that_skip_branches(monkeypatch, name, options, skips):
+    import torch.nn.parallel
+
+    from cnnlab.models import create_model
+    from cnnlab.train import distributed
+
+    seen = {}
+
+    class FakeDDP(torch.nn.Module):
+        def __init__(self, module, device_ids=None, find_unused_parameters=False):
+            super().__init__()
+            seen["find_unused_parameters"] = find_unused_parameters
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
+    with torch.device("meta"):
+        model = create_model(name, **options)
+    distributed.wrap(model, torch.device("cpu"), sync_bn=False)
+    assert seen["find_unused_parameters"] is skips

@@ -160,6 +160,11 @@ class FractalNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     @property
+    def may_skip_parameters(self) -> bool:
+        """Whether a training step may leave parameters unused: one column alone, or drop-path."""
+        return self.column is not None or (self.drop_path and (self.global_ratio > 0 or self.local_drop_prob > 0))
+
+    @property
     def depth(self) -> int:
         return len(self.blocks) * 2 ** (self.num_columns - 1)
 

@@ -85,6 +85,11 @@ class BasicBlock(nn.Module):
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
+    @property
+    def may_skip_parameters(self) -> bool:
+        """Whether a training step may leave this block's parameters unused (stochastic depth)."""
+        return self.shortcut and self.drop_prob > 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.shortcut:
             return self.relu(self.branch(x))
@@ -119,6 +124,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out))
+
+    may_skip_parameters = BasicBlock.may_skip_parameters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.shortcut:

@@ -72,6 +72,11 @@ class CifarBlock(nn.Module):
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
 
+    @property
+    def may_skip_parameters(self) -> bool:
+        """Whether a training step may leave this block's parameters unused (stochastic depth)."""
+        return self.residual and self.drop_prob > 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.residual:
             return F.relu(self.branch(x))

@@ -16,6 +16,7 @@ Semantics (see docs/distributed.md):
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,9 +26,35 @@ import torch
 import torch.distributed as dist
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train.torchrun_local import LoopbackTCPStore
 
 DEFAULT_TIMEOUT_S = 300.0
+
+LOOPBACK = "127.0.0.1"
+_sockets: list[socket.socket] = []  # bound listening sockets, kept open for the stores that serve on them
+_ARGS = ("world_size", "is_master", "timeout", "wait_for_workers", "multi_tenant", "master_listen_fd", "use_libuv")
+
+
+class LoopbackTCPStore(dist.TCPStore):
+    """A TCPStore whose server, if it is one, listens on 127.0.0.1 only."""
+
+    def __init__(self, host_name: str, port: int, *args, **kwargs):
+        kw = {**dict(zip(_ARGS, args)), **kwargs}
+        if kw.get("is_master") and kw.get("master_listen_fd") is None:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, port))
+            s.listen(4096)
+            _sockets.append(s)
+            kw["master_listen_fd"], port = s.fileno(), s.getsockname()[1]
+        super().__init__(host_name, port, **kw)
+
+
+def loopback_interface() -> str | None:
+    """The loopback network interface's name ('lo' on Linux, 'lo0' on macOS and BSD), if there is one."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    return next((n for n in names if n in ("lo", "lo0")), None)
 
 
 @dataclass(frozen=True)
@@ -130,14 +157,19 @@ def init(device_name: str) -> tuple[Dist, str]:
 def wrap(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(model, step model) for data-parallel training: with ``sync_bn`` every BatchNorm becomes a SyncBatchNorm
     holding the same parameter and buffer tensors (so an optimiser built before still updates them), then the
-    model is wrapped in DistributedDataParallel, on this worker's GPU when it has one. The first is the bare
+    model is wrapped in DistributedDataParallel, on this worker's GPU when it has one, looking for unused
+    parameters in models that skip branches (``may_skip_parameters``). The first is the bare
     module whose state_dict is saved (keys without DDP's ``module.`` prefix); the second is called in steps."""
     from torch.nn.parallel import DistributedDataParallel
 
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return model, DistributedDataParallel(model, device_ids=ids)
+    # Stochastic depth and drop-path skip whole branches in some steps. Every rank draws the same skips (same
+    # seed, same draws), so those parameters are unused on all ranks: DDP must look for them (else it stops
+    # with "Expected to have finished reduction"), and then leaves their gradients None, as one process would.
+    skips = any(getattr(m, "may_skip_parameters", False) for m in model.modules())
+    return model, DistributedDataParallel(model, device_ids=ids, find_unused_parameters=skips)
 
 
 def _is_loopback(host: str) -> bool:

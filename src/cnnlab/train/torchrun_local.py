@@ -14,37 +14,11 @@ listen on the network (docs/distributed.md).
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 import torch.distributed as dist
 
-LOOPBACK = "127.0.0.1"
-_sockets: list[socket.socket] = []  # bound listening sockets, kept open for the stores that serve on them
-_ARGS = ("world_size", "is_master", "timeout", "wait_for_workers", "multi_tenant", "master_listen_fd", "use_libuv")
-
-
-class LoopbackTCPStore(dist.TCPStore):
-    """A TCPStore whose server, if it is one, listens on 127.0.0.1 only."""
-
-    def __init__(self, host_name: str, port: int, *args, **kwargs):
-        kw = {**dict(zip(_ARGS, args)), **kwargs}
-        if kw.get("is_master") and kw.get("master_listen_fd") is None:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, port))
-            s.listen(4096)
-            _sockets.append(s)
-            kw["master_listen_fd"], port = s.fileno(), s.getsockname()[1]
-        super().__init__(host_name, port, **kw)
-
-
-def loopback_interface() -> str | None:
-    """The loopback network interface's name ('lo' on Linux, 'lo0' on macOS and BSD), if there is one."""
-    try:
-        names = [name for _, name in socket.if_nameindex()]
-    except (OSError, AttributeError):
-        return None
-    return next((n for n in names if n in ("lo", "lo0")), None)
+from cnnlab.train.distributed import LOOPBACK, LoopbackTCPStore, loopback_interface
 
 
 def main(argv: list[str]) -> None:
