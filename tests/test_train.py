@@ -322,8 +322,12 @@ def test_the_bf16_probe_runs_once_per_machine_and_survives_a_bad_cache(monkeypat
 def test_the_bf16_probe_measures_a_real_ratio():
     from cnnlab.train import trainer
 
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
     ratio = trainer._measure_bf16_speedup(runs=2)
     assert 0.05 < ratio < 20  # a ratio of two timings of the same convolution, not a constant or a crash
+    # measured during the first training run on a machine: it must not shift that run's random draws
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_training_keeps_freed_memory_instead_of_page_faulting():

@@ -167,8 +167,10 @@ def cpu_bf16_speedup() -> float:
 
 
 def _measure_bf16_speedup(runs: int = 5) -> float:
-    x = torch.randn(32, 64, 32, 32).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(64, 64, 3, 3, requires_grad=True)
+    g = torch.Generator().manual_seed(0)  # not torch's global generator: a run's draws must not depend on
+    # whether this machine had measured already
+    x = torch.randn(32, 64, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3, generator=g).requires_grad_()
 
     def best(bf16: bool) -> float:
         times = []
