@@ -314,7 +314,7 @@ def test_wrap_puts_ddp_on_the_workers_gpu_and_sync_bn_keeps_the_optimisers_tenso
     wrapped = []
 
     class FakeDDP(torch.nn.Module):  # DDP itself needs an initialised process group
-        def __init__(self, module, device_ids=None):
+        def __init__(self, module, device_ids=None, find_unused_parameters=False):
             super().__init__()
             self.module, self.device_ids = module, device_ids
             wrapped.append(self)
