@@ -476,3 +476,28 @@ def test_ddp_looks_for_unused_parameters_exactly_in_models_that_skip_branches(mo
         model = create_model(name, **options)
     distributed.wrap(model, torch.device("cpu"), sync_bn=False)
     assert seen["find_unused_parameters"] is skips
+
+
+def test_the_nproc_launcher_runs_standalone_torchrun_on_loopback(monkeypatch):
+    import torch.distributed as tdist
+    import torch.distributed.run
+    from torch.distributed.elastic.rendezvous import c10d_rendezvous_backend
+
+    from cnnlab.train import distributed, torchrun_local
+
+    called = []
+    monkeypatch.setattr(torch.distributed.run, "main", lambda argv: called.append(argv))
+    monkeypatch.setattr(tdist, "TCPStore", tdist.TCPStore)  # restored after the test
+    monkeypatch.setattr(c10d_rendezvous_backend, "TCPStore", c10d_rendezvous_backend.TCPStore)
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")  # the user's own choice stands
+    torchrun_local.main(["--nproc-per-node=2", "-m", "cnnlab", "train", "lenet5"])
+    assert called == [["--standalone", "--local-addr", "127.0.0.1", "--nproc-per-node=2", "-m", "cnnlab", "train",
+                       "lenet5"]]
+    assert tdist.TCPStore is c10d_rendezvous_backend.TCPStore is distributed.LoopbackTCPStore
+    assert distributed.loopback_interface() in ("lo", "lo0")  # Linux, macOS/BSD
+    assert os.environ["GLOO_SOCKET_IFNAME"] == distributed.loopback_interface()
+    assert os.environ["NCCL_SOCKET_IFNAME"] == "ib0"
+    cmd = distributed.torchrun_command(3, ["train", "x"], max_restarts=1)
+    assert cmd[1:] == ["-m", "cnnlab.train.torchrun_local", "--nproc-per-node=3", "--max-restarts=1", "-m", "cnnlab",
+                       "train", "x"]

@@ -4,9 +4,9 @@ torchrun's c10d stores (the rendezvous store and the store its workers meet at) 
 server listens on every network interface whatever host it is given. A single-machine job needs none of that
 reach, and these stores have no authentication. This launcher runs torchrun unchanged except that every store
 server it starts listens on 127.0.0.1 only (TCPStore's ``master_listen_fd``: the socket is bound here, then
-handed over), the node's address is 127.0.0.1 (``--local-addr``), and gloo's own sockets use the loopback
-interface (``GLOO_SOCKET_IFNAME``, unless it is set). Multi-node jobs use ``torchrun`` itself, which must
-listen on the network (docs/distributed.md).
+handed over), the node's address is 127.0.0.1 (``--local-addr``), and gloo's sockets and NCCL's bootstrap use
+the loopback interface (``GLOO_SOCKET_IFNAME``, ``NCCL_SOCKET_IFNAME``, unless they are set). Multi-node jobs
+use ``torchrun`` itself, which must listen on the network (docs/distributed.md).
 
     python -m cnnlab.train.torchrun_local --nproc-per-node 2 -m cnnlab train ...
 """
@@ -27,8 +27,9 @@ def main(argv: list[str]) -> None:
 
     dist.TCPStore = c10d_rendezvous_backend.TCPStore = LoopbackTCPStore
     lo = loopback_interface()
-    if lo and "GLOO_SOCKET_IFNAME" not in os.environ:
-        os.environ["GLOO_SOCKET_IFNAME"] = lo  # inherited by the workers
+    if lo:  # inherited by the workers: gloo's pairs and NCCL's bootstrap listen on the loopback interface
+        for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            os.environ.setdefault(var, lo)
     torchrun(["--standalone", "--local-addr", LOOPBACK, *argv])
 
 
