@@ -102,3 +102,28 @@ def test_measured_verdicts_know_which_way_is_better():
     assert FidelityRow("m", err, 9.35, trained=True, images=10_000).verdict == "worse"
     assert FidelityRow("m", err, 8.20, trained=True, images=10_000).verdict == "within noise"
     assert FidelityRow("m", err, 8.15, trained=True, images=10_000).verdict == "better"
+
+
+def test_a_cifar10_jpeg_run_stands_in_for_cifar10_and_says_so(tmp_path, monkeypatch):
+    import torch
+
+    from cnnlab.models import create_model
+    from cnnlab.train import evaluate as ev
+    from cnnlab.train.checkpoint import save_checkpoint
+
+    model = create_model("resnet20")
+    save_checkpoint({"model_name": "resnet20", "model_options": {}, "data": "cifar10_jpeg", "num_classes": 10,
+                     "model": model.state_dict()}, tmp_path / "r20.pt")
+    confusion = torch.diag(torch.full((10,), 910))  # 91.00% of 10,000: 9.00% error
+    confusion[0, 1] = 900
+
+    def scored(checkpoints, data=None, tta=None, data_dir=None, batch_size=256, split=None):
+        assert split == "test" and checkpoints == [str(tmp_path / "r20.pt")]
+        return ev.EvalReport([str(i) for i in range(10)], confusion, 9_990, "test", None, 1)
+
+    monkeypatch.setattr(ev, "evaluate", scored)
+    rows, note = fidelity_of_run(str(tmp_path / "r20.pt"))
+    err = next(r for r in rows if r.figure.metric == "test_err")
+    assert err.trained and err.ours == pytest.approx(9.0) and err.figure.value == 8.75
+    assert err.verdict == "within noise"  # 0.25 points; 2 SE of 8.75% on 10,000 images is 0.57
+    assert note.endswith("(10,000 images, one centre view); cifar10_jpeg is a lossy copy of cifar10.")
