@@ -394,3 +394,49 @@ def test_an_unforeseen_load_failure_is_still_one_sentence(tmp_path, monkeypatch)
     monkeypatch.setattr(torch, "load", broken)
     with pytest.raises(CnnlabError, match=r"x.pt is not a readable checkpoint: OSError: Input/output error$"):
         safe_load(tmp_path / "x.pt")
+
+
+def _image_folder(root: Path, per_class: int, seed: int) -> None:
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(seed)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            write_png(torch.randint(0, 256, (3, 36, 36), dtype=torch.uint8, generator=g), str(root / c / f"{i}.png"))
+
+
+def test_image_folder_runs_keep_their_validation_split_in_every_command(tmp_path):
+    """resnet20's recipe (He et al.'s CIFAR protocol) holds out 10% for validation. On a folder of classes the
+    run holds out 4 of 40 images, and eval, top9 and embed must use those same 4 (they used a 20% split with
+    seed 0, so eval scored training images). A folder with its own val/ ignores the recipe's hold-out (it
+    was refused as if the user had given --val-split). Embeddings of the training images are not augmented."""
+    import numpy as np
+
+    from cnnlab.data.folder import run_folder_datasets
+    from cnnlab.train.evaluate import evaluate
+    from cnnlab.transfer.embedding import embed_dataset
+
+    _image_folder(tmp_path / "flat", 20, 0)
+    run = tmp_path / "run"
+    train(TrainConfig(model="resnet20", data=f"folder:{tmp_path / 'flat'}", epochs=1, batch_size=8, quiet=True,
+                      seed=5, out=str(run)))
+    final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    report = evaluate([str(run)])
+    assert report.n == 4 and report.split == "val" and report.top1 == final["eval_top1"]
+    state = load_checkpoint(run)
+    tr, va, _, _ = run_folder_datasets(state)
+    assert len(tr) == 36 and not set(tr.indices) & set(va.indices)
+    for _ in range(2):
+        embed_dataset(str(run), str(tmp_path / f"e{_}.npz"), split="train")
+    a, b = np.load(tmp_path / "e0.npz"), np.load(tmp_path / "e1.npz")
+    assert a["features"].shape[0] == 36 and np.array_equal(a["features"], b["features"])  # no random crops
+
+    _image_folder(tmp_path / "split" / "train", 6, 1)
+    _image_folder(tmp_path / "split" / "val", 3, 2)
+    result = train(TrainConfig(model="resnet20", data=f"folder:{tmp_path / 'split'}", epochs=1, batch_size=4,
+                               quiet=True, out=str(tmp_path / "run2")))
+    assert result.epochs == 1 and evaluate([str(tmp_path / "run2")]).n == 6
+    with pytest.raises(CnnlabError, match="already has a train/ folder; --val-split applies to a folder of"):
+        train(TrainConfig(model="resnet20", data=f"folder:{tmp_path / 'split'}", epochs=1, batch_size=4,
+                          quiet=True, out=str(tmp_path / "run3"), val_split=0.1))

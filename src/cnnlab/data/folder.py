@@ -46,15 +46,19 @@ def transforms(size: int, train: bool, channels: int = 3, crops10: bool = False)
 
 
 def folder_datasets(path: str, size: int, val_split: float | None, seed: int, channels: int = 3,
-                    crops10: bool = False):
-    """(train, eval, classes, eval split name)."""
+                    crops10: bool = False, explicit: bool = True, augment_train: bool = True):
+    """(train, eval, classes, eval split name). A folder with train/ and val/ (or test/) is split already; a
+    folder of classes is split at random (``seed``) with ``val_split`` of it (default 0.2) held out. A
+    ``val_split`` the user gave (``explicit``) is refused for a folder that is split already; one that came
+    from a recipe is ignored there. ``augment_train`` False gives the training images the evaluation
+    preprocessing (for embeddings)."""
     from torchvision.datasets import ImageFolder
 
     root = Path(path).expanduser()
     if (root / "train").is_dir():
         classes = _check_classes(root / "train")
-        train = ImageFolder(str(root / "train"), transform=transforms(size, True, channels))
-        if val_split:
+        train = ImageFolder(str(root / "train"), transform=transforms(size, augment_train, channels))
+        if val_split and explicit:
             raise CnnlabError(f"{root} already has a train/ folder; --val-split applies to a folder of classes")
         evald = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
         if evald is None:
@@ -66,12 +70,22 @@ def folder_datasets(path: str, size: int, val_split: float | None, seed: int, ch
                 evald.name)
     classes = _check_classes(root)
     fraction = val_split or 0.2
-    full_train = ImageFolder(str(root), transform=transforms(size, True, channels))
+    full_train = ImageFolder(str(root), transform=transforms(size, augment_train, channels))
     full_eval = ImageFolder(str(root), transform=transforms(size, False, channels, crops10))
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(full_train), generator=g).tolist()
     n_val = max(1, round(len(perm) * fraction))
     return Subset(full_train, perm[n_val:]), Subset(full_eval, perm[:n_val]), classes, "val"
+
+
+def run_folder_datasets(state: dict, data: str | None = None, crops10: bool = False, augment_train: bool = True):
+    """The image-folder datasets of a run, from its checkpoint: the folder (or ``data``) split with the run's
+    hold-out fraction and seed, so that a folder of classes gives exactly the validation images the run was
+    evaluated on during training (and none it trained on)."""
+    data = data or state["data"]
+    return folder_datasets(data.split(":", 1)[1], state["input_size"][1], state["recipe"].get("val_split") or None,
+                           state["config"]["seed"], state["in_chans"], crops10=crops10, explicit=False,
+                           augment_train=augment_train)
 
 
 def folder_loader(ds, batch_size: int, train: bool, seed: int, workers: int | None = None, rank: int = 0,

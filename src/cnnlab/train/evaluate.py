@@ -178,12 +178,11 @@ def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = 
 
 
 def _evaluate_folder(models, state, data, tta, batch_size) -> EvalReport:
-    from cnnlab.data.folder import folder_datasets, folder_loader
+    from cnnlab.data.folder import folder_loader, run_folder_datasets
 
     size = state["input_size"][1]
     # ten crops come from the resized image (size / 0.875), not from a centre crop
-    _, evald, classes, split = folder_datasets(data.split(":", 1)[1], size, None, state["config"]["seed"],
-                                               state["in_chans"], crops10=tta == "crops10")
+    _, evald, classes, split = run_folder_datasets(state, data, crops10=tta == "crops10")
     confusion, top5 = _score(models, folder_loader(evald, batch_size, False, 0), tta, size, len(classes))
     return EvalReport(classes, confusion, top5, split, tta, len(models))
 

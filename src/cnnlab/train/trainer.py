@@ -213,7 +213,7 @@ def resolve_channels_last(channels_last: bool | None, precision: str, device: to
 
 def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, val_split: float,
               input_size: tuple[int, int, int], device, channels_last: bool, train_limit: int | None = None,
-              rank: int = 0, world: int = 1):
+              rank: int = 0, world: int = 1, val_split_explicit: bool = True):
     """(train loader, eval loader, classes, eval split name, channels); with ``world`` > 1 the loaders
     serve this rank's share: ``batch_size`` is the global batch."""
     if data.startswith("folder:"):
@@ -227,7 +227,7 @@ def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, v
             raise CnnlabError("this recipe trains on an image folder: pass --data folder:PATH "
                               "(PATH/<class>/*.jpg, or PATH/train and PATH/val)")
         train, evald, classes, eval_name = folder_datasets(path, input_size[1], val_split or None, seed,
-                                                           input_size[0])
+                                                           input_size[0], explicit=val_split_explicit)
         return (folder_loader(train, batch_size, True, seed, rank=rank, world=world),
                 folder_loader(evald, batch_size, False, seed, rank=rank, world=world),
                 classes, eval_name, input_size[0])
@@ -453,7 +453,7 @@ def _train(cfg: TrainConfig) -> RunResult:
 
     train_loader, eval_loader, classes, eval_name, channels = make_data(
         data, recipe, recipe.batch_size, cfg.seed, cfg.data_dir, recipe.val_split, card.input_size, device,
-        channels_last, cfg.train_limit, dist.rank, dist.world)
+        channels_last, cfg.train_limit, dist.rank, dist.world, val_split_explicit=cfg.val_split is not None)
     model = create_model(cfg.model, num_classes=len(classes), in_chans=channels, **cfg.model_options)
     macs = summary(model, (channels, *card.input_size[1:])).total_macs  # one image, eval mode, no grad
     precision = ("fp32" if cfg.deterministic and cfg.precision == "auto"

@@ -23,10 +23,9 @@ def embed_dataset(checkpoint: str, out: str, data: str | None = None, split: str
     model, state = model_from_checkpoint(checkpoint)
     data = data or state["data"]
     if data.startswith("folder:"):
-        from cnnlab.data.folder import folder_datasets, folder_loader
+        from cnnlab.data.folder import folder_loader, run_folder_datasets
 
-        train, evald, classes, _ = folder_datasets(data.split(":", 1)[1], state["input_size"][1], None, 0,
-                                                   state["in_chans"])
+        train, evald, classes, _ = run_folder_datasets(state, data, augment_train=False)
         loader = folder_loader(train if split == "train" else evald, batch_size, False, 0)
     else:
         ds = load(data, split, data_dir)

@@ -189,9 +189,9 @@ def _memory_source(data: str, split: str, data_dir, state: dict, batch_size: int
 
 
 def _folder_source(data: str, state: dict, batch_size: int):
-    from cnnlab.data.folder import folder_datasets, folder_loader
+    from cnnlab.data.folder import folder_loader, run_folder_datasets
 
-    _, evald, _, split = folder_datasets(data.split(":", 1)[1], state["input_size"][1], None, 0, state["in_chans"])
+    _, evald, _, split = run_folder_datasets(state, data)
     batches = (x for x, _ in folder_loader(evald, batch_size, False, 0, workers=0))
     return batches, lambda i: display(evald[i][0], state), len(evald), f"{data} {split}"
 
