@@ -1,7 +1,9 @@
 """The trainer on real MNIST: accuracy, run folder, exact resume after kill -9, atomic checkpoints, errors;
 evaluation metrics and test-time augmentation against hand-computed values."""
 
+import dataclasses
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -440,3 +442,25 @@ def test_image_folder_runs_keep_their_validation_split_in_every_command(tmp_path
     with pytest.raises(CnnlabError, match="already has a train/ folder; --val-split applies to a folder of"):
         train(TrainConfig(model="resnet20", data=f"folder:{tmp_path / 'split'}", epochs=1, batch_size=4,
                           quiet=True, out=str(tmp_path / "run3"), val_split=0.1))
+
+
+def test_resuming_with_more_epochs_says_when_it_stretches_the_schedule(tmp_path, capsys):
+    from cnnlab.train.recipes import get_recipe
+    from cnnlab.train.trainer import _stretched_schedule
+
+    run = tmp_path / "run"
+    flags = ["lenet5_modern", "--train-limit", "1000", "--quiet", "--out", str(run)]
+    assert main(["train", *flags, "--epochs", "1"]) == 0
+    assert main(["train", "lenet5_modern", "--resume", str(run), "--epochs", "2"]) == 0
+    err = capsys.readouterr().err
+    # 1,000 images at batch 128: 7 steps an epoch. One-cycle over 7 steps ends at lr 0.01 x 1e-3; over 14 it
+    # rises for int(0.2 x 14) = 2 steps, so step 8 (index 7) is 5/12 of the way down the cosine
+    after = 0.01 * (1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * 5 / 12)))
+    assert (f"cnnlab: note: --epochs 2 (the run had 1) lays the onecycle schedule over 2 epochs, so the learning "
+            f"rate at step 8 is {after:.3g} instead of 1e-05") in err
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()][-1] == 2
+    saved = load_checkpoint(run)["recipe"]
+    same = dataclasses.replace(get_recipe("lenet5_modern_mnist"), epochs=saved["epochs"])
+    assert _stretched_schedule(saved, same, 14, 7) == ""  # same length: no note
+    steps = get_recipe("resnet_cifar")
+    assert _stretched_schedule({**saved, "epochs": 1}, steps, 16, 8) == ""  # milestones do not stretch

@@ -267,6 +267,19 @@ def _optimizer(recipe: Recipe, params, scaled: list[tuple[list, float]] | None =
     raise CnnlabError(f"unknown optimiser {recipe.optimizer!r}")
 
 
+def _stretched_schedule(saved: dict, recipe: Recipe, step: int, steps_per_epoch: int) -> str:
+    """A sentence when resuming with other --epochs changes a schedule laid over the whole run (cosine,
+    one-cycle): the learning rate at the next step then differs from the one the run had reached."""
+    old_epochs = saved.get("epochs", recipe.epochs)
+    if old_epochs == recipe.epochs or recipe.schedule not in ("cosine", "onecycle"):
+        return ""
+    before = recipe.lr * recipe.lr_factor(step, steps_per_epoch, steps_per_epoch * old_epochs)
+    after = recipe.lr * recipe.lr_factor(step, steps_per_epoch, steps_per_epoch * recipe.epochs)
+    return (f"--epochs {recipe.epochs} (the run had {old_epochs}) lays the {recipe.schedule} schedule over "
+            f"{recipe.epochs} epochs, so the learning rate at step {step + 1} is {after:.3g} instead of "
+            f"{before:.3g}: this continues the run as a new, longer schedule, not where it stopped")
+
+
 def _setup_transfer(cfg: TrainConfig, model, recipe: Recipe, fresh: bool) -> str:
     """Load pretrained weights (not when resuming: the checkpoint has them) and freeze what
     ``cfg.transfer`` says. Returns a line for the log."""
@@ -553,6 +566,9 @@ def _train(cfg: TrainConfig) -> RunResult:
             f"{' channels-last' if channels_last else ''} on {device}; run folder {run_dir}")
     else:
         say(f"resuming {run_dir} after epoch {start_epoch} of {recipe.epochs}")
+        stretched = _stretched_schedule(resume_state["recipe"], recipe, step, steps_per_epoch)
+        if stretched and dist.main:
+            print(f"cnnlab: note: {stretched}", file=sys.stderr)
 
     progress = _progress(cfg.quiet or not dist.main)
     final = history[-1] if history else {}
