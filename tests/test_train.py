@@ -4,6 +4,7 @@ evaluation metrics and test-time augmentation against hand-computed values."""
 import dataclasses
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -464,3 +465,14 @@ def test_resuming_with_more_epochs_says_when_it_stretches_the_schedule(tmp_path,
     assert _stretched_schedule(saved, same, 14, 7) == ""  # same length: no note
     steps = get_recipe("resnet_cifar")
     assert _stretched_schedule({**saved, "epochs": 1}, steps, 16, 8) == ""  # milestones do not stretch
+
+
+def test_compile_without_a_compiler_is_one_clear_sentence(tmp_path):
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # nothing cached from earlier compiles
+    run = subprocess.run([sys.executable, "-m", "cnnlab", "train", "lenet5_modern", "--compile", "--epochs", "1",
+                          "--train-limit", "500", "--quiet", "--out", str(tmp_path / "run")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "cnnlab: error: --compile failed: torch.compile could not build the model (InvalidCxxCompiler" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -406,6 +406,13 @@ def train(cfg: TrainConfig) -> RunResult:
     joined = distributed.launched_by_torchrun() and not torch.distributed.is_initialized()
     try:
         return _train(cfg)
+    except Exception as e:
+        if cfg.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise CnnlabError(f"--compile failed: torch.compile could not build the model ({first[:300]}); "
+                              f"on a CPU it needs a working C++ compiler (gcc or clang), on a GPU also Triton; "
+                              f"install them or train without --compile") from None
+        raise
     finally:
         torch.use_deterministic_algorithms(previous)
         if joined:
