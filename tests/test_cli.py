@@ -121,3 +121,33 @@ def test_recipes_and_data_commands(capsys, tmp_path):
     (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not the real file")
     code, out, err = run(capsys, "data", "verify", "mnist", "--data-dir", str(tmp_path))
     assert code == 2 and "corrupt" in out and "missing or corrupt" in err
+
+
+def test_paths_that_cannot_be_written_are_one_sentence(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from cnnlab import fileio
+
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    blocked = tmp_path / "notes.txt"
+    cases = [(["train", "lenet5_modern", "--epochs", "1", "--out", str(blocked)],
+              f"{blocked} is a file, but a folder is needed there; choose another path"),
+             (["train", "lenet5_modern", "--epochs", "1", "--out", str(blocked / "run")],
+              f"{blocked / 'run'}: part of this path is a file, not a folder; choose another path")]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == f"cnnlab: error: {message}\n", err
+
+    def full(*a, **k):  # a disk that fills up while the temporary file is created
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", full)
+    run = tmp_path / "run"
+    assert main(["train", "lenet5_modern", "--epochs", "1", "--train-limit", "200", "--out", str(run)]) == 2
+    assert capsys.readouterr().err.endswith(f"cnnlab: error: {run / 'config.json'}: No space left on device; "
+                                            f"check the path, its permissions and the free space\n")
+    with pytest.raises(OSError) as e:
+        fileio.atomic_write_text(tmp_path / "out.txt", "x")
+    assert e.value.filename == str(tmp_path / "out.txt")  # the file asked for, not the temporary one
+    assert not any(p.name.startswith(".out.txt") for p in tmp_path.iterdir())

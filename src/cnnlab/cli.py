@@ -611,6 +611,18 @@ def main(argv: list[str] | None = None) -> int:
     except CnnlabError as e:
         print(f"cnnlab: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path that cannot be written or read: a folder that is a file, no permission, disk full
+        if isinstance(e, BrokenPipeError):
+            return 0
+        if isinstance(e, FileExistsError) and e.filename:
+            why = f"{e.filename} is a file, but a folder is needed there; choose another path"
+        elif isinstance(e, NotADirectoryError) and e.filename:
+            why = f"{e.filename}: part of this path is a file, not a folder; choose another path"
+        else:
+            where = f"{e.filename}: " if e.filename else ""
+            why = f"{where}{e.strerror or e}; check the path, its permissions and the free space"
+        print(f"cnnlab: error: {why}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
