@@ -476,3 +476,16 @@ def test_compile_without_a_compiler_is_one_clear_sentence(tmp_path):
     assert run.returncode == 2, run.stderr[-2000:]
     assert "cnnlab: error: --compile failed: torch.compile could not build the model (InvalidCxxCompiler" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_data_a_network_cannot_use_is_refused_before_training(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "lenet5_modern", "--train-limit", "100", "--out", out]) == 2  # batch 128
+    assert ("cnnlab: error: 100 training images make no full batch of 128: lower --batch-size, or train on more "
+            "images") in capsys.readouterr().err
+    assert main(["train", "alexnet", "--data", "mnist", "--train-limit", "200", "--batch-size", "32",
+                 "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error: alexnet cannot train on the 1x28x28 images of mnist (") and \
+        "it is built for 3x224x224" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written

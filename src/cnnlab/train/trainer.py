@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.analysis.summary import summary
-from cnnlab.data.memory import MemoryLoader, balanced_subset, load, split_train_val
+from cnnlab.data.memory import MemoryLoader, balanced_subset, load, pad_to, split_train_val
 from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_savefig, atomic_write_text
 from cnnlab.models.registry import create_model, model_card
@@ -245,6 +245,14 @@ def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, v
     el = MemoryLoader(evald, max(256, batch_size), False, aug, seed, device=device, channels_last=channels_last,
                       rank=rank, world=world)
     return tl, el, train.classes, eval_name, train.channels
+
+
+def _image_size(loader, card_size: tuple[int, int, int]) -> tuple[int, int]:
+    """The height and width of the images a training loader serves: an in-memory dataset's (after padding to
+    the recipe's canvas), an image folder's are resized to the model's card size."""
+    if isinstance(loader, MemoryLoader):
+        return tuple(pad_to(loader.ds.images[:1], loader.aug.pad_to).shape[-2:])
+    return tuple(card_size[1:])
 
 
 # -- the loop ----------------------------------------------------------------------------------------------
@@ -474,8 +482,20 @@ def _train(cfg: TrainConfig) -> RunResult:
     train_loader, eval_loader, classes, eval_name, channels = make_data(
         data, recipe, recipe.batch_size, cfg.seed, cfg.data_dir, recipe.val_split, card.input_size, device,
         channels_last, cfg.train_limit, dist.rank, dist.world, val_split_explicit=cfg.val_split is not None)
+    images = train_loader.ds if isinstance(train_loader, MemoryLoader) else train_loader.dataset
+    if len(train_loader) == 0:
+        raise CnnlabError(f"{len(images):,} training images make no full batch of {recipe.batch_size}: lower "
+                          f"--batch-size, or train on more images (--train-limit, --val-split)")
     model = create_model(cfg.model, num_classes=len(classes), in_chans=channels, **cfg.model_options)
-    macs = summary(model, (channels, *card.input_size[1:])).total_macs  # one image, eval mode, no grad
+    hw = _image_size(train_loader, card.input_size)
+    try:  # one image, eval mode, no grad: the multiply-adds, and a check that the network fits the data
+        macs = summary(model, (channels, *hw)).total_macs
+    except CnnlabError as e:
+        reason = str(e).split(" input: ", 1)[-1].split("; try its default input", 1)[0]
+        size = "x".join(map(str, card.input_size))
+        raise CnnlabError(f"{cfg.model} cannot train on the {channels}x{hw[0]}x{hw[1]} images of {data} ({reason}); "
+                          f"it is built for {size}: train it on an image folder (resized to {size}) or pick a "
+                          f"model made for {hw[0]}x{hw[1]} images") from None
     precision = ("fp32" if cfg.deterministic and cfg.precision == "auto"
                  else resolve_precision(cfg.precision, device, macs))
     transfer_note = _setup_transfer(cfg, model, recipe, resume_state is None)
