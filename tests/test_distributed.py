@@ -394,10 +394,14 @@ def test_two_processes_on_an_image_folder_report_the_single_process_evaluation(t
     from cnnlab.train.trainer import evaluate_loader
 
     flags = ["lenet5_modern", "--data", f"folder:{IMAGENETTE}", "--epochs", "2", "--batch-size", "60", "--lr", "0.05",
-             "--quiet", "--seed", "1", "--out", str(tmp_path)]
+             "--seed", "1", "--out", str(tmp_path)]
     run = subprocess.run(TORCHRUN + ["-m", "cnnlab", "train", *flags], env=ENV, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()  # rank 0 alone prints, and says how the work is split
+    assert lines[0].endswith(f"on cpu in 2 data-parallel processes (gloo, 30 images each); run folder {tmp_path}")
+    assert sum(line.startswith("training ") for line in lines) == 1
+    assert sum(line.startswith("epoch ") for line in lines) == 2
     last = _metrics(tmp_path)[-1]
     assert last["kind"] == "epoch" and last["step"] == 2 * (300 // 60)
     model, state = model_from_checkpoint(tmp_path)
@@ -501,3 +505,16 @@ def test_the_nproc_launcher_runs_standalone_torchrun_on_loopback(monkeypatch):
     cmd = distributed.torchrun_command(3, ["train", "x"], max_restarts=1)
     assert cmd[1:] == ["-m", "cnnlab.train.torchrun_local", "--nproc-per-node=3", "--max-restarts=1", "-m", "cnnlab",
                        "train", "x"]
+
+
+def test_nproc_workers_share_the_cores_instead_of_one_thread_each(monkeypatch):
+    from cnnlab.train import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed.subprocess, "call", lambda cmd, env: calls.append(env) or 0)
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert distributed.launch(2, ["train", "x"]) == 0 and calls[-1]["OMP_NUM_THREADS"] == "4"
+    assert distributed.launch(16, ["train", "x"]) == 0 and calls[-1]["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
+    assert distributed.launch(2, ["train", "x"]) == 0 and calls[-1]["OMP_NUM_THREADS"] == "3"

@@ -197,6 +197,19 @@ def torchrun_command(nproc: int, argv: list[str], max_restarts: int = 0) -> list
             f"--max-restarts={max_restarts}", "-m", "cnnlab", *argv]
 
 
+def worker_threads(nproc: int) -> int:
+    """CPU threads per worker when ``nproc`` workers share this machine: its usable cores split evenly.
+    (torchrun's own default is 1, which leaves all but ``nproc`` cores idle on a CPU.)"""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // nproc)
+
+
 def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
-    """Run ``cnnlab <argv>`` in ``nproc`` workers under torchrun on this machine; returns its exit code."""
-    return subprocess.call(torchrun_command(nproc, argv, max_restarts))
+    """Run ``cnnlab <argv>`` in ``nproc`` workers under torchrun on this machine; returns its exit code.
+    Each worker gets ``worker_threads(nproc)`` threads unless OMP_NUM_THREADS is set."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(worker_threads(nproc)))
+    return subprocess.call(torchrun_command(nproc, argv, max_restarts), env=env)

@@ -587,10 +587,13 @@ def _train(cfg: TrainConfig) -> RunResult:
     say = (lambda *a: None) if cfg.quiet or not dist.main else print
     if transfer_note:
         say(transfer_note)
+    parallel = (f" in {dist.world} data-parallel processes ({torch.distributed.get_backend()}, "
+                f"{recipe.batch_size // dist.world} images each)" if dist.active else "")
     if start_epoch == 0:
         say(f"training {cfg.model} on {data} (evaluating on the {eval_name} set) with recipe {recipe.name}: "
             f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, {precision}"
-            f"{' channels-last' if channels_last else ''} on {device}; run folder {run_dir}")
+            f"{' channels-last' if channels_last else ''} on {device}"
+            f"{parallel}; run folder {run_dir}")
     else:
         say(f"resuming {run_dir} after epoch {start_epoch} of {recipe.epochs}")
         stretched = _stretched_schedule(resume_state["recipe"], recipe, step, steps_per_epoch)
