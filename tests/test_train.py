@@ -489,3 +489,15 @@ def test_data_a_network_cannot_use_is_refused_before_training(tmp_path, capsys):
     assert err.startswith("cnnlab: error: alexnet cannot train on the 1x28x28 images of mnist (") and \
         "it is built for 3x224x224" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_resume_refuses_flags_that_would_change_the_run(reference_run, tmp_path, capsys):
+    ref, _ = reference_run
+    before = (ref / "last.pt").read_bytes()
+    assert main(["train", "lenet5_modern", "--resume", str(ref), "--data", "fashion_mnist", "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error: --data, --lr cannot change a run being resumed: it goes on with its own "
+                          "settings") and "cnnlab transfer --from RUN" in err
+    assert (ref / "last.pt").read_bytes() == before  # refused before anything was touched
+    assert main(["train", "lenet5", "--nproc", "2", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "--device cuda was asked for but no CUDA GPU is visible" in capsys.readouterr().err

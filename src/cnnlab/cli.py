@@ -51,6 +51,7 @@ def _fraction(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cnnlab", description="Classic CNNs, faithful to the papers, with every number explained.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p.subcommands = sub  # its .choices: the parser of each command
 
     m = sub.add_parser("models", help="list the models (params, default input, paper year)")
     m.add_argument("pattern", nargs="?", help="wildcard or substring, e.g. 'vgg*'")
@@ -425,10 +426,28 @@ def _strip(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     return out
 
 
+# what `train --resume` may change: where and how verbosely the run goes on, and for how long
+RESUME_FLAGS = {"resume", "epochs", "device", "out", "quiet", "data_dir", "nproc", "max_restarts"}
+
+
+def _check_resume_flags(args) -> None:
+    """A resumed run continues with its own settings: flags that would change them are refused, not ignored."""
+    fresh = build_parser().subcommands.choices[args.command]
+    changed = sorted(f"--{d.replace('_', '-')}" for d, v in vars(args).items()
+                     if d not in RESUME_FLAGS | {"command", "argv", "model"} and v != fresh.get_default(d))
+    if changed:
+        raise CnnlabError(f"{', '.join(changed)} cannot change a run being resumed: it goes on with its own "
+                          f"settings (with --resume give only --epochs, --device, --out, --data-dir, --quiet or "
+                          f"--nproc); start a new run to change them, or `cnnlab transfer --from RUN` for other "
+                          f"data")
+
+
 def _train(args) -> str:
     from cnnlab.models import model_card
     from cnnlab.train import TrainConfig, train
 
+    if getattr(args, "resume", None):
+        _check_resume_flags(args)
     if getattr(args, "nproc", None):
         from cnnlab.train import distributed
 
@@ -438,6 +457,14 @@ def _train(args) -> str:
             raise CnnlabError("data-parallel training needs --out (or --resume): every worker, and workers that "
                               "torchrun restarts, must find the same run folder")
         model_card(args.model)
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if args.device == "cuda" and not gpus:
+            raise CnnlabError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        if args.device != "cpu" and gpus and args.nproc > gpus:
+            raise CnnlabError(f"--nproc {args.nproc} needs a GPU per process and this machine has {gpus}; "
+                              f"use --nproc {gpus} or less, or --device cpu")
         code = distributed.launch(args.nproc, _strip(args.argv, ("--nproc", "--max-restarts")), args.max_restarts)
         if code:
             raise CnnlabError(f"the data-parallel run failed (torchrun exit code {code}); the workers' messages "

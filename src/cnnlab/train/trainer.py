@@ -442,7 +442,7 @@ def _train(cfg: TrainConfig) -> RunResult:
         saved = resume_state["config"]
         # flags given again win only where they do not change what is being trained
         keep = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
-        for k in ("quiet", "device", "out", "epochs"):
+        for k in ("quiet", "device", "out", "epochs", "data_dir"):
             if getattr(cfg, k) not in (None, False, "auto"):
                 keep[k] = getattr(cfg, k)
         keep["resume"] = cfg.resume
