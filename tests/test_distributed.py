@@ -518,3 +518,24 @@ def test_nproc_workers_share_the_cores_instead_of_one_thread_each(monkeypatch):
     assert distributed.launch(16, ["train", "x"]) == 0 and calls[-1]["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
     assert distributed.launch(2, ["train", "x"]) == 0 and calls[-1]["OMP_NUM_THREADS"] == "3"
+
+
+def test_two_nodes_rendezvous_and_train_as_one_job(single, tmp_path):
+    """Two torchrun agents ("nodes", one worker each) meet at a c10d rendezvous, as docs/distributed.md tells
+    users to start them on two machines; here both run on this one, at 127.0.0.1. Together they are one job
+    of world size 2: the weights equal the single-process run's, and only global rank 0 writes."""
+    port = _free_port()
+    out = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
+                               "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                               "--rdzv-id", "cnnlab-two-nodes", "--rdzv-conf", f"join_timeout=60,is_host={host}",
+                               "-m", "cnnlab", "train", *FLAGS, "--out", str(out)],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for host in ("true", "false")]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    assert json.loads((out / "config.json").read_text())["distributed"]["world_size"] == 2
+    a, b = load_checkpoint(single)["model"], load_checkpoint(out)["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=ATOL, rtol=RTOL)
+    assert sum(bool(stdout.strip()) for stdout, _ in results) == 1  # --quiet: the run folder, from one node
