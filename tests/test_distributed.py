@@ -267,6 +267,9 @@ def fake_two_gpus(monkeypatch):
                  "TORCHELASTIC_RESTART_COUNT": "2"}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    from cnnlab.train import distributed
+    monkeypatch.setattr(distributed, "fresh_prefix", lambda store, rank, world, seconds, restarts:
+                        ("cnnlab/session", restarts))  # agreeing needs the other ranks (tested below)
     return rec
 
 
@@ -280,7 +283,7 @@ def test_on_gpus_each_worker_takes_its_local_gpu_and_nccl(fake_two_gpus):
         (args, kw), = fake_two_gpus["init_process_group"].calls
         assert args == ("nccl",) and kw["rank"] == 3 and kw["world_size"] == 4
         assert kw["device_id"] == torch.device("cuda", 1)  # NCCL bound to this worker's GPU, formed eagerly
-        assert kw["store"] == ("cnnlab/attempt_2", "store")  # a restarted generation has its own keys
+        assert kw["store"] == ("cnnlab/session", "store") and d.restarted  # restart count 2
     assert all(a == (1,) for a, _ in fake_two_gpus["set_device"].calls)
     (args, kw), = fake_two_gpus["TCPStore"].calls[:1]
     assert args[:3] == ("node0", 29500, 4) and kw["is_master"] is False  # only global rank 0 hosts the store
@@ -539,3 +542,64 @@ def test_two_nodes_rendezvous_and_train_as_one_job(single, tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=ATOL, rtol=RTOL)
     assert sum(bool(stdout.strip()) for stdout, _ in results) == 1  # --quiet: the run folder, from one node
+
+
+def test_ranks_agree_on_a_fresh_prefix_despite_stale_keys_and_different_restart_counts():
+    """The agent's store outlives the workers: it still holds a dead generation's session and answers. Rank 1
+    (its node restarted after a failure: count 1) and rank 0 (a healthy node restarted for the new round:
+    count 0) must still agree on a new prefix, and both learn that the job was restarted."""
+    import threading
+    from datetime import timedelta
+
+    import torch.distributed as tdist
+
+    from cnnlab.train import distributed
+
+    port = _free_port()
+    server = tdist.TCPStore("127.0.0.1", port, 3, True, timedelta(seconds=20), wait_for_workers=False)
+    for key, value in {"cnnlab/session": "old", "cnnlab/ack/1": "x:old:0", "cnnlab/confirm/1": "x:old:0"}.items():
+        server.set(key, value)
+    results = {}
+
+    def join(rank, restarts):
+        store = tdist.TCPStore("127.0.0.1", port, 3, False, timedelta(seconds=20))
+        results[rank] = distributed.fresh_prefix(store, rank, 2, 20, restarts)
+
+    threads = [threading.Thread(target=join, args=(r, c)) for r, c in ((1, 1), (0, 0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results[0] == results[1] and results[0][1] == 1
+    assert results[0][0].startswith("cnnlab/") and results[0][0] != "cnnlab/old"
+
+
+def test_two_nodes_survive_a_lost_worker_and_match_an_uninterrupted_run(double, tmp_path):
+    """--nnodes 2 with --max-restarts 1: the worker of one node is killed in epoch 2. Its agent restarts it
+    (restart count 1); the other node's agent restarts its healthy worker for the new rendezvous round
+    (restart count 0). All workers must agree that the job resumes from last.pt: the result is the
+    uninterrupted run's, bit for bit, and metrics.jsonl has no step lost or repeated."""
+    two, _ = double
+    port, out = _free_port(), tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
+                               "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                               "--rdzv-id", "cnnlab-lost-worker", "--rdzv-conf", f"join_timeout=60,is_host={host}",
+                               "--max-restarts", "1", "-m", "cnnlab", "train", *FLAGS, "--out", str(out)],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for host in ("true", "false")]
+    deadline, victim = time.time() + 240, None
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        m = out / "metrics.jsonl"
+        if m.exists() and any(json.loads(l)["epoch"] == 2 for l in m.read_text().splitlines() if l.endswith("}")):
+            victim = next((w for p in procs for w in _children(p.pid) if _rank_of(w) == 1), None)
+            break
+        time.sleep(0.02)
+    assert victim is not None, "never saw the workers in epoch 2"
+    os.kill(victim, signal.SIGKILL)
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    a, b = load_checkpoint(two)["model"], load_checkpoint(out)["model"]
+    assert load_checkpoint(out)["epoch"] == 2 and all(torch.equal(a[k], b[k]) for k in a)
+    untimed = lambda run: [{k: v for k, v in m.items() if k not in ("images_per_s", "seconds", "elapsed")}
+                           for m in _metrics(run)]
+    assert untimed(out) == untimed(two)

@@ -64,6 +64,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    restarted: bool = False  # torchrun restarted the workers of some node: the job goes on from last.pt
 
     @property
     def main(self) -> bool:
@@ -88,11 +89,6 @@ class Dist:
 
 def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
-
-
-def restarted() -> bool:
-    """True in workers that torchrun started again after a failure (``--max-restarts``)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
 
 
 def timeout_s() -> float:
@@ -131,18 +127,18 @@ def init(device_name: str) -> tuple[Dist, str]:
     if not dist.is_initialized():
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
         try:
-            # the store torchrun's agent serves (or rank 0 hosts without an agent), with keys prefixed by the
-            # restart count: workers restarted after a failure never read the dead generation's addresses
+            # the store torchrun's agent serves (or, without an agent, rank 0 hosts: for a loopback MASTER_ADDR
+            # only on loopback), under a prefix this generation of workers agrees on (fresh_prefix)
             agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-            # without torchrun's agent rank 0 serves the store; for a loopback MASTER_ADDR only on loopback
             host = os.environ["MASTER_ADDR"]
             kind = LoopbackTCPStore if _is_loopback(host) else dist.TCPStore
             store = kind(host, int(os.environ["MASTER_PORT"]), world, is_master=rank == 0 and not agent,
                          timeout=timedelta(seconds=seconds))
-            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            prefix, restarts = fresh_prefix(store, rank, world, seconds,
+                                            int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0))
             # device_id binds NCCL to this worker's GPU and forms the communicator now, so a broken NCCL setup
             # fails here, within the timeout, rather than at the first all-reduce
-            dist.init_process_group(backend, store=dist.PrefixStore(f"cnnlab/attempt_{attempt}", store),
+            dist.init_process_group(backend, store=dist.PrefixStore(prefix, store),
                                     rank=rank, world_size=world, timeout=timedelta(seconds=seconds),
                                     device_id=torch.device("cuda", local_rank) if use_cuda else None)
         except KeyError as e:
@@ -151,7 +147,56 @@ def init(device_name: str) -> tuple[Dist, str]:
             raise CnnlabError(f"rank {rank} of {world} could not join the process group at {where} within "
                               f"{seconds:g} s ({str(e).splitlines()[0][:200]}); check --rdzv-endpoint / "
                               f"MASTER_ADDR and MASTER_PORT, and that every node was started") from None
-    return Dist(rank, world, local_rank), ("cuda" if use_cuda else "cpu")
+    else:  # joined by the caller: no agreement on restarts was made
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    return Dist(rank, world, local_rank, restarts > 0), ("cuda" if use_cuda else "cpu")
+
+
+def fresh_prefix(store, rank: int, world: int, seconds: float, restarts: int = 0,
+                 poll: float = 0.01) -> tuple[str, int]:
+    """A store prefix that every worker of this generation agrees on and no earlier generation used, and
+    the largest restart count among them.
+
+    torchrun's agent keeps its store across restarts, so it still holds the keys of workers that died
+    (their process-group addresses). The restart count does not tell generations apart: it counts each
+    node's own failures, so after one node's worker dies its count is 1 while a healthy node, restarted
+    for the new rendezvous round, stays at 0 (and would start the job afresh while the other resumes).
+    Instead rank 0 draws a random session id and every other rank proves it has read this one: it posts
+    (its own random id, the session it read, its restart count) until rank 0 answers with its id, which no
+    stale key can hold, and the largest count. Gives up after ``seconds``."""
+    import time
+    import uuid
+
+    me, deadline = uuid.uuid4().hex, time.monotonic() + seconds
+
+    def wait():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank {rank} waited {seconds:g} s for the other ranks of this generation")
+        time.sleep(poll)
+
+    if rank == 0:
+        store.set("cnnlab/session", me)
+        pending, acked, most = set(range(1, world)), {}, restarts
+        while pending:
+            for r in sorted(pending):
+                if store.check([f"cnnlab/ack/{r}"]):
+                    nonce, session, count = (store.get(f"cnnlab/ack/{r}").decode().split(":") + ["", ""])[:3]
+                    if session == me:
+                        acked[r], most = nonce, max(most, int(count or 0))
+                        pending.discard(r)
+            if pending:
+                wait()
+        for r, nonce in acked.items():  # answered once all are in, so every rank learns the same count
+            store.set(f"cnnlab/confirm/{r}", f"{nonce}:{me}:{most}")
+        return f"cnnlab/{me}", most
+    while True:
+        if store.check(["cnnlab/session"]):
+            store.set(f"cnnlab/ack/{rank}", f"{me}:{store.get('cnnlab/session').decode()}:{restarts}")
+        if store.check([f"cnnlab/confirm/{rank}"]):
+            nonce, session, most = (store.get(f"cnnlab/confirm/{rank}").decode().split(":") + ["", ""])[:3]
+            if nonce == me:
+                return f"cnnlab/{session}", int(most or 0)
+        wait()
 
 
 def wrap(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -435,8 +435,12 @@ def _train(cfg: TrainConfig) -> RunResult:
     if world > 1 and not (cfg.out or cfg.resume):
         raise CnnlabError("data-parallel training needs --out (or --resume): every worker, and workers that "
                           "torchrun restarts, must find the same run folder")
-    if world > 1 and distributed.restarted() and not cfg.resume and cfg.out and (Path(cfg.out) / "last.pt").exists():
-        cfg = TrainConfig(**{**asdict(cfg), "resume": cfg.out})  # torchrun restarted us: go on from the checkpoint
+    if cfg.sync_bn and world > 1 and (cfg.device == "cpu" or not torch.cuda.is_available()):
+        raise CnnlabError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU)")
+    dist, device_name = distributed.init(cfg.device)
+    # restarted by torchrun (on any node: the ranks agreed while joining): go on from the checkpoint
+    if dist.restarted and not cfg.resume and cfg.out and (Path(cfg.out) / "last.pt").exists():
+        cfg = TrainConfig(**{**asdict(cfg), "resume": cfg.out})
     if cfg.resume:
         resume_state = load_checkpoint(cfg.resume)
         saved = resume_state["config"]
@@ -449,6 +453,8 @@ def _train(cfg: TrainConfig) -> RunResult:
         if keep["model"] != cfg.model:
             raise CnnlabError(f"the checkpoint {cfg.resume} is a {keep['model']} run, not {cfg.model}")
         cfg = TrainConfig(**keep)
+        if not dist.active:
+            device_name = cfg.device
 
     recipe = get_recipe(cfg.recipe) if cfg.recipe else recipe_for(cfg.model)
     recipe = override(recipe, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, val_split=cfg.val_split)
@@ -463,7 +469,6 @@ def _train(cfg: TrainConfig) -> RunResult:
                           f"{world} processes; pick a multiple of {world}")
     if cfg.sync_bn and world > 1 and (cfg.device == "cpu" or not torch.cuda.is_available()):
         raise CnnlabError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU)")
-    dist, device_name = distributed.init(cfg.device)
 
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
