@@ -557,9 +557,10 @@ def test_two_nodes_survive_a_lost_worker_and_match_an_uninterrupted_run(double, 
     """Two torchrun agents ("nodes", one worker each) meet at a c10d rendezvous at 127.0.0.1, as
     docs/distributed.md tells users to start them on two machines, and train as one job of world size 2.
     With --max-restarts 1 the worker of one node is killed in epoch 2. Its agent restarts it
-    (restart count 1); the other node's agent restarts its healthy worker for the new rendezvous round
-    (restart count 0). All workers must agree that the job resumes from last.pt: the result is the
-    uninterrupted run's, bit for bit, and metrics.jsonl has no step lost or repeated."""
+    (restart count 1); the other node's agent restarts its worker for the new rendezvous round (restart count
+    0, or 1 if that worker failed on the broken connection first). All workers must agree that the job
+    resumes from last.pt: the result is the uninterrupted run's, bit for bit, and metrics.jsonl has no step
+    lost or repeated."""
     two, _ = double
     port, out = _free_port(), tmp_path / "run"
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
