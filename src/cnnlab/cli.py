@@ -302,14 +302,13 @@ def _calc(args) -> str:
 
 
 def _fidelity(args) -> str:
-    from cnnlab.analysis.fidelity import fidelity, fidelity_of_run, render
-    from cnnlab.models import model_card
+    from cnnlab.analysis.fidelity import fidelity, fidelity_of_run, published_figures, render
 
     if args.run:
         rows, note = fidelity_of_run(args.run, args.data_dir, args.name)
         return render(rows, args.format, note)
-    if args.name and not model_card(args.name).figures:
-        raise CnnlabError(f"{args.name} has no published figures on its card; `cnnlab fidelity` lists all that do")
+    if args.name:
+        published_figures(args.name)
     return render(fidelity(args.name), args.format)
 
 

@@ -102,6 +102,14 @@ def fidelity(names: list[str] | str | None = None) -> list[FidelityRow]:
     return rows
 
 
+def published_figures(name: str) -> tuple[Figure, ...]:
+    """The figures on a model's card; a model without any is a mistake worth one sentence."""
+    figures = model_card(name).figures
+    if not figures:
+        raise CnnlabError(f"{name} has no published figures on its card; `cnnlab fidelity` lists all that do")
+    return figures
+
+
 def _measured(metric: str, top1: float, top5: float) -> float:
     return {"test_err": 100 - top1, "top1_err": 100 - top1, "top5_err": 100 - top5, "top1_acc": top1,
             "top5_acc": top5}[metric]
@@ -119,9 +127,7 @@ def fidelity_of_run(run: str, data_dir=None, name: str | None = None) -> tuple[l
     if name and name != state["model_name"]:
         raise CnnlabError(f"{run} is a {state['model_name']} run, not {name}; leave the model name out")
     name, data = state["model_name"], state["data"]
-    figures = model_card(name).figures
-    if not figures:
-        raise CnnlabError(f"{name} has no published figures on its card; `cnnlab fidelity` lists all that do")
+    figures = published_figures(name)
     defaults = model_options(name)
     options = {**defaults, **state.get("model_options", {})}
     accuracies = [f for f in figures if f.metric not in COMPUTABLE]
