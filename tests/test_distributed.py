@@ -26,7 +26,10 @@ FAST = dict(model="lenet5_modern", epochs=2, batch_size=256, lr=0.05, quiet=True
             train_limit=6_000, val_split=0.1, log_every=5, precision="fp64")
 FLAGS = ["lenet5_modern", "--epochs", "2", "--batch-size", "256", "--lr", "0.05", "--quiet", "--deterministic",
          "--seed", "3", "--train-limit", "6000", "--val-split", "0.1", "--log-every", "5", "--precision", "fp64"]
-ENV = {**os.environ, "CNNLAB_DIST_TIMEOUT": "60",
+# One OpenMP thread in every worker: torchrun sets it for --nproc-per-node 2 but leaves a one-worker node alone,
+# and float64 kernels may reduce in another order with other thread counts (seen on an AMX Xeon), so runs
+# compared bit for bit must be made with the same threads.
+ENV = {**os.environ, "CNNLAB_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 # measured: after 42 float64 steps the weights differ by at most 1.7e-16 (2e-14 relative)

@@ -32,7 +32,7 @@ import platform
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -45,48 +45,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_savefig, atomic_write_text
 from cnnlab.models.registry import create_model, model_card
 from cnnlab.train import distributed
+from cnnlab.train.config import RunResult, TrainConfig, resumed_config
 from cnnlab.train.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from cnnlab.train.recipes import Recipe, get_recipe, override, recipe_for
-
-
-@dataclass
-class TrainConfig:
-    model: str
-    data: str | None = None
-    recipe: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    out: str | None = None
-    resume: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-    seed: int = 0
-    deterministic: bool = False
-    quiet: bool = False
-    data_dir: str | None = None
-    val_split: float | None = None
-    log_every: int = 50
-    model_options: dict = field(default_factory=dict)
-    # transfer learning (cnnlab.transfer): weights to start from, and what to train
-    pretrained: str | None = None  # a run folder/checkpoint, a state_dict file or a torchvision weights name
-    transfer: str | None = None  # None: train everything; "features": heads only; "finetune": all, see below
-    unfreeze: int = 0  # "features": also train the last N blocks of the backbone
-    lr_backbone: float | None = None  # "finetune": the backbone's learning rate (default lr / 10)
-    train_limit: int | None = None  # train on a class-balanced random subset of this many images
-    sync_bn: bool = False  # data parallel: BatchNorm statistics over the global batch (GPUs only)
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    epochs: int
-    best_top1: float
-    final: dict
-    seconds: float
-    rank: int = 0  # data parallel: this process's rank (only rank 0 wrote the run folder)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -443,16 +404,7 @@ def _train(cfg: TrainConfig) -> RunResult:
         cfg = TrainConfig(**{**asdict(cfg), "resume": cfg.out})
     if cfg.resume:
         resume_state = load_checkpoint(cfg.resume)
-        saved = resume_state["config"]
-        # flags given again win only where they do not change what is being trained
-        keep = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
-        for k in ("quiet", "device", "out", "epochs", "data_dir"):
-            if getattr(cfg, k) not in (None, False, "auto"):
-                keep[k] = getattr(cfg, k)
-        keep["resume"] = cfg.resume
-        if keep["model"] != cfg.model:
-            raise CnnlabError(f"the checkpoint {cfg.resume} is a {keep['model']} run, not {cfg.model}")
-        cfg = TrainConfig(**keep)
+        cfg = resumed_config(resume_state["config"], cfg)
         if not dist.active:
             device_name = cfg.device
 

@@ -1,0 +1,80 @@
+"""What a training run is asked to do (:class:`TrainConfig`), what it gives back (:class:`RunResult`), and the
+one statement of which settings a resumed run may change (:data:`RESUME_MAY_CHANGE`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    data: str | None = None
+    recipe: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    out: str | None = None
+    resume: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    quiet: bool = False
+    data_dir: str | None = None
+    val_split: float | None = None
+    log_every: int = 50
+    model_options: dict = field(default_factory=dict)
+    # transfer learning (cnnlab.transfer): weights to start from, and what to train
+    pretrained: str | None = None  # a run folder/checkpoint, a state_dict file or a torchvision weights name
+    transfer: str | None = None  # None: train everything; "features": heads only; "finetune": all, see below
+    unfreeze: int = 0  # "features": also train the last N blocks of the backbone
+    lr_backbone: float | None = None  # "finetune": the backbone's learning rate (default lr / 10)
+    train_limit: int | None = None  # train on a class-balanced random subset of this many images
+    sync_bn: bool = False  # data parallel: BatchNorm statistics over the global batch (GPUs only)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    epochs: int
+    best_top1: float
+    final: dict
+    seconds: float
+    rank: int = 0  # data parallel: this process's rank (only rank 0 wrote the run folder)
+
+
+# What a resumed run may change: where and how verbosely it goes on, and for how long. Every other setting is
+# the run's own; asking for another value is refused, never ignored.
+RESUME_MAY_CHANGE = ("resume", "epochs", "device", "out", "quiet", "data_dir")
+
+
+def _default(f) -> object:
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+def resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
+    """The configuration a resumed run goes on with: the run's own settings (``saved``, from its checkpoint),
+    with the settings of :data:`RESUME_MAY_CHANGE` that ``given`` sets. A setting outside that list that
+    ``given`` sets to another value than the run's is refused."""
+    own = {f.name: saved.get(f.name, _default(f)) for f in fields(TrainConfig)}
+    if own["model"] != given.model:
+        raise CnnlabError(f"the checkpoint {given.resume} is a {own['model']} run, not {given.model}")
+    changed = [f.name for f in fields(TrainConfig)
+               if f.name not in RESUME_MAY_CHANGE and f.name != "model"
+               and getattr(given, f.name) != _default(f) and getattr(given, f.name) != own[f.name]]
+    if changed:
+        may = [p for p in RESUME_MAY_CHANGE if p != "resume"]
+        raise CnnlabError(f"{', '.join(changed)} cannot change a run being resumed: it goes on with its own "
+                          f"settings (a resumed run may change only {', '.join(may)}); start a new run to change "
+                          f"them, or transfer from the run for other data", params=(*changed, *may))
+    for name in RESUME_MAY_CHANGE:
+        value = getattr(given, name)
+        if value not in (None, False, "auto"):
+            own[name] = value
+    return TrainConfig(**own)
