@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnnlab.train.trainer import hardware
+from cnnlab.train.platform import hardware
 
 
 def cnnlab_run(model: str, max_epochs: int, seed: int) -> tuple[float, int | None]:

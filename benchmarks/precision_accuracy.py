@@ -20,13 +20,8 @@ import time
 import torch
 
 import cnnlab
-from cnnlab.train.trainer import (
-    TrainConfig,
-    hardware,
-    resolve_device,
-    resolve_precision,
-    train,
-)
+from cnnlab.train import TrainConfig, train
+from cnnlab.train.platform import hardware, resolve_device, resolve_precision
 
 
 def main() -> None:

@@ -47,9 +47,9 @@ def test_run_folder_holds_everything(reference_run):
     assert cfg["recipe_settings"]["optimizer"] == "nesterov" and cfg["eval_split"] == "test"
     assert cfg["versions"]["torch"] == torch.__version__ and cfg["hardware"]["cpu_count"]
     assert cfg["channels_last"] is True and cfg["precision"] == "fp32"  # the CPU default
-    from cnnlab.train import trainer
+    from cnnlab.train import platform
 
-    assert trainer._MALLOC_TUNED[0] or not sys.platform.startswith("linux")  # training kept freed memory
+    assert platform._MALLOC_TUNED[0] or not sys.platform.startswith("linux")  # training kept freed memory
     # by hand: conv1 28*28*6*25 + conv2 10*10*16*150 + fc 400*120 + 120*84 + 84*10
     assert cfg["macs_per_image"] == 117_600 + 240_000 + 48_000 + 10_080 + 840
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -280,54 +280,54 @@ def test_model_options_reach_the_model_the_run_folder_and_eval(tmp_path, capsys)
 
 
 def test_precision_and_layout_defaults(monkeypatch):
-    from cnnlab.train import trainer
+    from cnnlab.train import platform
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
 
     def never():
         raise AssertionError("probed the CPU's bf16 speed though the choice did not depend on it")
 
-    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: False)
-    monkeypatch.setattr(trainer, "cpu_bf16_speedup", never)
-    assert trainer.resolve_precision("auto", cpu, 416_520) == "fp32"  # LeNet-5: too small to gain
-    assert trainer.resolve_precision("bf16", cpu, 416_520) == "bf16"
+    monkeypatch.setattr(platform, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(platform, "cpu_bf16_speedup", never)
+    assert platform.resolve_precision("auto", cpu, 416_520) == "fp32"  # LeNet-5: too small to gain
+    assert platform.resolve_precision("bf16", cpu, 416_520) == "bf16"
     for speedup, expected in ((0.67, "fp32"), (1.2, "fp32"), (1.8, "bf16")):  # CPUs measured so far: 0.67, 1.8
-        monkeypatch.setattr(trainer, "cpu_bf16_speedup", lambda s=speedup: s)
-        assert trainer.resolve_precision("auto", cpu, 152_769_536) == expected  # vgg_cifar's multiply-adds
-    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: True)
-    monkeypatch.setattr(trainer, "cpu_bf16_speedup", never)
-    assert trainer.resolve_precision("auto", cpu, 152_769_536) == "bf16"  # AMX tiles: no need to measure
+        monkeypatch.setattr(platform, "cpu_bf16_speedup", lambda s=speedup: s)
+        assert platform.resolve_precision("auto", cpu, 152_769_536) == expected  # vgg_cifar's multiply-adds
+    monkeypatch.setattr(platform, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(platform, "cpu_bf16_speedup", never)
+    assert platform.resolve_precision("auto", cpu, 152_769_536) == "bf16"  # AMX tiles: no need to measure
     with pytest.raises(CnnlabError, match="fp16 needs a GPU"):
-        trainer.resolve_precision("fp16", cpu, 1)
+        platform.resolve_precision("fp16", cpu, 1)
     # channels-last: on a CPU always (oneDNN is faster on it in fp32 too); on a GPU with 16-bit floats
-    assert trainer.resolve_channels_last(None, "fp32", cpu) is True
-    assert trainer.resolve_channels_last(None, "fp32", cuda) is False
-    assert trainer.resolve_channels_last(None, "bf16", cuda) is True
-    assert trainer.resolve_channels_last(False, "fp32", cpu) is False  # --no-channels-last wins
+    assert platform.resolve_channels_last(None, "fp32", cpu) is True
+    assert platform.resolve_channels_last(None, "fp32", cuda) is False
+    assert platform.resolve_channels_last(None, "bf16", cuda) is True
+    assert platform.resolve_channels_last(False, "fp32", cpu) is False  # --no-channels-last wins
 
 
 def test_the_bf16_probe_runs_once_per_machine_and_survives_a_bad_cache(monkeypatch, tmp_path):
-    from cnnlab.train import trainer
+    from cnnlab.train import platform
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(platform, "cpu_has_bf16", lambda: True)
     calls = []
-    monkeypatch.setattr(trainer, "_measure_bf16_speedup", lambda: calls.append(1) or 1.8)
-    assert trainer.cpu_bf16_speedup() == 1.8 and trainer.cpu_bf16_speedup() == 1.8 and len(calls) == 1
+    monkeypatch.setattr(platform, "_measure_bf16_speedup", lambda: calls.append(1) or 1.8)
+    assert platform.cpu_bf16_speedup() == 1.8 and platform.cpu_bf16_speedup() == 1.8 and len(calls) == 1
     cached = json.loads((tmp_path / "cnnlab" / "cpu_bf16.json").read_text())
     assert list(cached.values()) == [1.8] and torch.__version__ in next(iter(cached))
     (tmp_path / "cnnlab" / "cpu_bf16.json").write_text("{not json")  # torn or edited by hand: measure again
-    assert trainer.cpu_bf16_speedup() == 1.8 and len(calls) == 2
-    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: False)
-    assert trainer.cpu_bf16_speedup() == 0.0
+    assert platform.cpu_bf16_speedup() == 1.8 and len(calls) == 2
+    monkeypatch.setattr(platform, "cpu_has_bf16", lambda: False)
+    assert platform.cpu_bf16_speedup() == 0.0
 
 
 def test_the_bf16_probe_measures_a_real_ratio():
-    from cnnlab.train import trainer
+    from cnnlab.train import platform
 
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    ratio = trainer._measure_bf16_speedup(runs=2)
+    ratio = platform._measure_bf16_speedup(runs=2)
     assert 0.05 < ratio < 20  # a ratio of two timings of the same convolution, not a constant or a crash
     # measured during the first training run on a machine: it must not shift that run's random draws
     assert torch.equal(torch.get_rng_state(), state)
@@ -343,7 +343,7 @@ def test_training_keeps_freed_memory_instead_of_page_faulting():
     code = """
 import resource, sys, torch
 from cnnlab import create_model
-from cnnlab.train.trainer import keep_freed_memory
+from cnnlab.train.platform import keep_freed_memory
 assert keep_freed_memory() and keep_freed_memory()
 m = create_model("lenet5")
 x = torch.randn(128, 1, 32, 32)

@@ -142,7 +142,7 @@ def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = 
     """Score checkpoints (an ensemble averages their softmax) on the split they were evaluated on in
     training, or on ``split`` ("test") if given; image folders use their own evaluation split."""
     from cnnlab.data.memory import Augment, MemoryLoader, load, preprocess
-    from cnnlab.train.trainer import keep_freed_memory
+    from cnnlab.train.platform import keep_freed_memory
 
     keep_freed_memory()
     if not checkpoints:
