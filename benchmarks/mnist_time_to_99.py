@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnnlab.train.platform import hardware
+from cnnlab.platform import hardware
 
 
 def cnnlab_run(model: str, max_epochs: int, seed: int) -> tuple[float, int | None]:
     from cnnlab.train import TrainConfig, train
-    from cnnlab.train.checkpoint import load_checkpoint
+    from cnnlab.runs import load_checkpoint
 
     with tempfile.TemporaryDirectory() as out:
         result = train(TrainConfig(model=model, out=out, quiet=True, seed=seed))

@@ -21,7 +21,7 @@ import torch
 
 import cnnlab
 from cnnlab.train import TrainConfig, train
-from cnnlab.train.platform import hardware, resolve_device, resolve_precision
+from cnnlab.platform import hardware, resolve_device, resolve_precision
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from cnnlab.scratch import Conv2d
 from cnnlab.scratch.blas import blas_threads
-from cnnlab.train.platform import cpu_model
+from cnnlab.platform import cpu_model
 
 SHAPES = [  # name, N, C_in, H, W, C_out, k, stride, pad
     ("LeNet conv1 5x5, 1->6, 28x28", 32, 1, 28, 28, 6, 5, 1, 0),

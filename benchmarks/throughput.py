@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnlab
-from cnnlab.train.platform import cpu_has_bf16, hardware, resolve_channels_last, resolve_precision
+from cnnlab.platform import cpu_has_bf16, hardware, resolve_channels_last, resolve_precision
 
 
 def timed(fn, runs: int) -> list[float]:

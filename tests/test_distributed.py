@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cnnlab.train import TrainConfig, train
-from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.runs import load_checkpoint
 
 # lenet5_modern has neither BatchNorm nor dropout, so a shard of the batch computes exactly its rows of the
 # single-process forward pass. In float32 the different summation order (two half-batch gradients averaged)
@@ -393,11 +393,10 @@ IMAGENETTE = Path(os.environ.get("CNNLAB_DATA_DIR", "../shared/data")) / "imagen
 def test_two_processes_on_an_image_folder_report_the_single_process_evaluation(tmp_path):
     """The DistributedSampler path: 2 workers train on real photos; the validation metrics they reduce over
     ranks must be those of one process scoring the saved weights on all 100 validation images."""
-    from contextlib import nullcontext
-
-    from cnnlab.data.folder import folder_datasets, folder_loader
-    from cnnlab.train.evaluate import model_from_checkpoint
-    from cnnlab.train.trainer import evaluate_loader
+    from cnnlab.data.view import open_data
+    from cnnlab.runs import open_run
+    from cnnlab.platform import Platform
+    from cnnlab.train.trainer import evaluate
 
     flags = ["lenet5_modern", "--data", f"folder:{IMAGENETTE}", "--epochs", "2", "--batch-size", "60", "--lr", "0.05",
              "--seed", "1", "--out", str(tmp_path)]
@@ -410,11 +409,11 @@ def test_two_processes_on_an_image_folder_report_the_single_process_evaluation(t
     assert sum(line.startswith("epoch ") for line in lines) == 2
     last = _metrics(tmp_path)[-1]
     assert last["kind"] == "epoch" and last["step"] == 2 * (300 // 60)
-    model, state = model_from_checkpoint(tmp_path)
-    _, val, _, _ = folder_datasets(str(IMAGENETTE), state["input_size"][1], None, 1, state["in_chans"])
+    opened = open_run(tmp_path)
+    val = open_data(opened.info.view, "val", batch_size=60, workers=0)
     assert len(val) == 100
-    alone = evaluate_loader(model.to(memory_format=torch.channels_last), folder_loader(val, 60, False, 1, workers=0),
-                            torch.device("cpu"), nullcontext)
+    cpu = Platform(torch.device("cpu"), "fp32", True)
+    alone = evaluate(opened.model.to(memory_format=torch.channels_last), val, cpu)
     # the same counts (a skipped or twice-scored image moves top-1 by 1 point); the loss up to summation order
     assert (last["eval_top1"], last["eval_top5"]) == (alone["top1"], alone["top5"])
     assert last["eval_loss"] == pytest.approx(alone["loss"], rel=1e-5)

@@ -79,11 +79,13 @@ def test_a_runs_test_error_is_set_beside_the_papers(lenet5_run, capsys):
 
 
 def test_a_run_with_other_options_or_of_another_model_is_not_compared(lenet5_run, tmp_path, capsys):
-    from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
+    import dataclasses
+
+    from cnnlab.runs import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(lenet5_run)
-    state["model_options"] = {"head": "linear"}  # not the paper's RBF output layer
-    save_checkpoint(state, tmp_path / "linear.pt")
+    info = dataclasses.replace(state["info"], model_options={"head": "linear"})  # not the paper's RBF output layer
+    save_checkpoint(tmp_path / "linear.pt", info, state["model"], {})
     rows, note = fidelity_of_run(str(tmp_path / "linear.pt"))
     assert all(not r.trained for r in rows) and "head='linear'" in note and "not those of the published" in note
     assert main(["fidelity", "vgg16", "--run", str(lenet5_run)]) == 2
@@ -108,12 +110,12 @@ def test_a_cifar10_jpeg_run_stands_in_for_cifar10_and_says_so(tmp_path, monkeypa
     import torch
 
     from cnnlab.models import create_model
-    from cnnlab.train import evaluate as ev
-    from cnnlab.train.checkpoint import save_checkpoint
+    from cnnlab.analysis import evaluate as ev
+    from cnnlab.runs import RunInfo, save_checkpoint
 
     model = create_model("resnet20")
-    save_checkpoint({"model_name": "resnet20", "model_options": {}, "data": "cifar10_jpeg", "num_classes": 10,
-                     "model": model.state_dict()}, tmp_path / "r20.pt")
+    info = RunInfo("resnet20", tuple(str(i) for i in range(10)), 3, (3, 32, 32), "cifar10_jpeg")
+    save_checkpoint(tmp_path / "r20.pt", info, model.state_dict(), {})
     confusion = torch.diag(torch.full((10,), 910))  # 91.00% of 10,000: 9.00% error
     confusion[0, 1] = 900
 

@@ -19,8 +19,8 @@ from torch import nn
 from cnnlab import CnnlabError
 from cnnlab.cli import main
 from cnnlab.train import TrainConfig, train
-from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
-from cnnlab.train.evaluate import EvalReport, probabilities, ten_crops
+from cnnlab.analysis.evaluate import EvalReport, probabilities, ten_crops
+from cnnlab.runs import load_checkpoint, save_checkpoint
 
 FAST = dict(model="lenet5_modern", epochs=2, batch_size=256, lr=0.05, quiet=True, deterministic=True, seed=3)
 
@@ -47,7 +47,7 @@ def test_run_folder_holds_everything(reference_run):
     assert cfg["recipe_settings"]["optimizer"] == "nesterov" and cfg["eval_split"] == "test"
     assert cfg["versions"]["torch"] == torch.__version__ and cfg["hardware"]["cpu_count"]
     assert cfg["channels_last"] is True and cfg["precision"] == "fp32"  # the CPU default
-    from cnnlab.train import platform
+    from cnnlab import platform
 
     assert platform._MALLOC_TUNED[0] or not sys.platform.startswith("linux")  # training kept freed memory
     # by hand: conv1 28*28*6*25 + conv2 10*10*16*150 + fc 400*120 + 120*84 + 84*10
@@ -60,7 +60,7 @@ def test_run_folder_holds_everything(reference_run):
     assert "lenet5_modern on mnist" in (out / "summary.md").read_text()
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 2 * (60_000 // 256)
-    assert {"model", "optimizer", "rng", "plateau", "history"} <= set(state)
+    assert {"info", "model", "optimizer", "rng", "schedule", "history"} <= set(state)
 
 
 def _weights(run: Path) -> dict:
@@ -69,12 +69,12 @@ def _weights(run: Path) -> dict:
 
 def test_resume_after_a_crash_equals_the_uninterrupted_run(reference_run, tmp_path, monkeypatch):
     ref, _ = reference_run
-    import cnnlab.train.trainer as trainer
+    import cnnlab.train.rundir as rundir
 
     def crash(*a, **k):  # the process dies right after the first epoch's checkpoint
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "write_curves", crash)
+    monkeypatch.setattr(rundir, "write_curves", crash)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(out=str(tmp_path), **FAST))
     monkeypatch.undo()
@@ -125,14 +125,14 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monke
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import cnnlab.train.trainer as trainer
 
-    real, calls = trainer._loss, []
+    real, calls = trainer.classification_loss, []
 
     def diverging(*args):  # the loss turns to nan in the second epoch
         loss, logits = real(*args)
         calls.append(1)
         return (loss * float("nan") if len(calls) > 250 else loss), logits
 
-    monkeypatch.setattr(trainer, "_loss", diverging)
+    monkeypatch.setattr(trainer, "classification_loss", diverging)
     with pytest.raises(CnnlabError, match="the loss became nan at epoch 2.*last good checkpoint is kept"):
         train(TrainConfig(out=str(tmp_path), **FAST))
     assert load_checkpoint(tmp_path)["epoch"] == 1
@@ -142,8 +142,8 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 def test_checkpoint_of_another_architecture_is_refused(reference_run, tmp_path):
     ref, _ = reference_run
     state = load_checkpoint(ref)
-    state["model_name"] = "lenet5"
-    save_checkpoint(state, tmp_path / "x.pt")
+    training = {k: v for k, v in state.items() if k not in ("format", "info", "model")}
+    save_checkpoint(tmp_path / "x.pt", dataclasses.replace(state["info"], model="lenet5"), state["model"], training)
     assert main(["eval", str(tmp_path / "x.pt")]) == 2
 
 
@@ -264,14 +264,12 @@ def test_model_options_reach_the_model_the_run_folder_and_eval(tmp_path, capsys)
     records the option, and eval rebuilds the same network from the checkpoint."""
     import json
 
-    from cnnlab.train.checkpoint import load_checkpoint
-
     code = main(["train", "lenet5", "--model-option", "head=linear", "--epochs", "1", "--train-limit", "600",
                  "--out", str(tmp_path), "--quiet"])
     assert code == 0
     assert json.loads((tmp_path / "config.json").read_text())["model_options"] == {"head": "linear"}
     state = load_checkpoint(tmp_path)
-    assert state["model_options"] == {"head": "linear"} and "output.weight" in state["model"]
+    assert state["info"].model_options == {"head": "linear"} and "output.weight" in state["model"]
     assert sum(v.numel() for k, v in state["model"].items() if k != "output.prototypes") == 60_850
     capsys.readouterr()
     assert main(["eval", str(tmp_path), "--format", "json"]) == 0
@@ -280,7 +278,7 @@ def test_model_options_reach_the_model_the_run_folder_and_eval(tmp_path, capsys)
 
 
 def test_precision_and_layout_defaults(monkeypatch):
-    from cnnlab.train import platform
+    from cnnlab import platform
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
 
@@ -307,7 +305,7 @@ def test_precision_and_layout_defaults(monkeypatch):
 
 
 def test_the_bf16_probe_runs_once_per_machine_and_survives_a_bad_cache(monkeypatch, tmp_path):
-    from cnnlab.train import platform
+    from cnnlab import platform
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(platform, "cpu_has_bf16", lambda: True)
@@ -323,7 +321,7 @@ def test_the_bf16_probe_runs_once_per_machine_and_survives_a_bad_cache(monkeypat
 
 
 def test_the_bf16_probe_measures_a_real_ratio():
-    from cnnlab.train import platform
+    from cnnlab import platform
 
     torch.manual_seed(123)
     state = torch.get_rng_state()
@@ -343,7 +341,7 @@ def test_training_keeps_freed_memory_instead_of_page_faulting():
     code = """
 import resource, sys, torch
 from cnnlab import create_model
-from cnnlab.train.platform import keep_freed_memory
+from cnnlab.platform import keep_freed_memory
 assert keep_freed_memory() and keep_freed_memory()
 m = create_model("lenet5")
 x = torch.randn(128, 1, 32, 32)
@@ -361,10 +359,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def test_the_loss_temperature_scales_the_logits_the_losses_see():
-    from contextlib import nullcontext
-
     from cnnlab.train.recipes import get_recipe
-    from cnnlab.train.trainer import _loss, evaluate_loader
+    from cnnlab.data.view import DataView, OpenedData
+    from cnnlab.platform import Platform
+    from cnnlab.train.trainer import classification_loss as _loss
+    from cnnlab.train.trainer import evaluate
 
     logits = torch.tensor([[-4.0, -40.0, -400.0], [-300.0, -12.0, -20.0]])  # an RBF head's -distances
     y = torch.tensor([0, 2])
@@ -380,14 +379,15 @@ def test_the_loss_temperature_scales_the_logits_the_losses_see():
         def forward(self, x):
             return logits[: len(x)]
 
-    ev = evaluate_loader(Fixed(), [(torch.zeros(2, 1), y)], torch.device("cpu"), nullcontext, logit_scale=0.25)
+    data = OpenedData([(torch.zeros(2, 1), y)], None, ["a", "b", "c"], 1, "test", DataView("mnist", 1, 28))
+    ev = evaluate(Fixed(), data, Platform(torch.device("cpu"), "fp32", False), logit_scale=0.25)
     assert abs(ev["loss"] - want.item()) < 1e-6 and ev["top1"] == 50.0  # evaluation reports the same loss
     assert get_recipe("lenet5_mnist").logit_scale == 0.25 and get_recipe("lenet5_modern_mnist").logit_scale == 1.0
 
 
 def test_an_unforeseen_load_failure_is_still_one_sentence(tmp_path, monkeypatch):
     from cnnlab.errors import CnnlabError
-    from cnnlab.train.checkpoint import safe_load
+    from cnnlab.fileio import load_torch
 
     (tmp_path / "x.pt").write_bytes(b"PK\x03\x04")
 
@@ -396,7 +396,7 @@ def test_an_unforeseen_load_failure_is_still_one_sentence(tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch, "load", broken)
     with pytest.raises(CnnlabError, match=r"x.pt is not a readable checkpoint: OSError: Input/output error$"):
-        safe_load(tmp_path / "x.pt")
+        load_torch(tmp_path / "x.pt")
 
 
 def _image_folder(root: Path, per_class: int, seed: int) -> None:
@@ -416,8 +416,8 @@ def test_image_folder_runs_keep_their_validation_split_in_every_command(tmp_path
     was refused as if the user had given --val-split). Embeddings of the training images are not augmented."""
     import numpy as np
 
-    from cnnlab.data.folder import run_folder_datasets
-    from cnnlab.train.evaluate import evaluate
+    from cnnlab.analysis.evaluate import evaluate
+    from cnnlab.data.view import open_data
     from cnnlab.transfer.embedding import embed_dataset
 
     _image_folder(tmp_path / "flat", 20, 0)
@@ -427,8 +427,8 @@ def test_image_folder_runs_keep_their_validation_split_in_every_command(tmp_path
     final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     report = evaluate([str(run)])
     assert report.n == 4 and report.split == "val" and report.top1 == final["eval_top1"]
-    state = load_checkpoint(run)
-    tr, va, _, _ = run_folder_datasets(state)
+    view = load_checkpoint(run)["info"].view
+    tr, va = open_data(view, "train").dataset, open_data(view, "val").dataset
     assert len(tr) == 36 and not set(tr.indices) & set(va.indices)
     for _ in range(2):
         embed_dataset(str(run), str(tmp_path / f"e{_}.npz"), split="train")
@@ -447,7 +447,7 @@ def test_image_folder_runs_keep_their_validation_split_in_every_command(tmp_path
 
 def test_resuming_with_more_epochs_says_when_it_stretches_the_schedule(tmp_path, capsys):
     from cnnlab.train.recipes import get_recipe
-    from cnnlab.train.trainer import _stretched_schedule
+    from cnnlab.train.schedule import Schedule
 
     run = tmp_path / "run"
     flags = ["lenet5_modern", "--train-limit", "1000", "--quiet", "--out", str(run)]
@@ -460,11 +460,11 @@ def test_resuming_with_more_epochs_says_when_it_stretches_the_schedule(tmp_path,
     assert (f"cnnlab: note: --epochs 2 (the run had 1) lays the onecycle schedule over 2 epochs, so the learning "
             f"rate at step 8 is {after:.3g} instead of 1e-05") in err
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()][-1] == 2
-    saved = load_checkpoint(run)["recipe"]
+    saved = load_checkpoint(run)["info"].recipe
     same = dataclasses.replace(get_recipe("lenet5_modern_mnist"), epochs=saved["epochs"])
-    assert _stretched_schedule(saved, same, 14, 7) == ""  # same length: no note
+    assert Schedule(same, 7).stretched(saved, 14) == ""  # same length: no note
     steps = get_recipe("resnet_cifar")
-    assert _stretched_schedule({**saved, "epochs": 1}, steps, 16, 8) == ""  # milestones do not stretch
+    assert Schedule(steps, 8).stretched({**saved, "epochs": 1}, 16) == ""  # milestones do not stretch
 
 
 def test_compile_without_a_compiler_is_one_clear_sentence(tmp_path):

@@ -9,7 +9,7 @@ from cnnlab import CnnlabError, create_model, list_models
 from cnnlab.cli import main
 from cnnlab.data.memory import balanced_subset, load
 from cnnlab.train import TrainConfig, train
-from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.runs import load_checkpoint
 from cnnlab.transfer import embed, freeze_backbone, heads, load_pretrained
 from cnnlab.transfer.weights import head_keys
 
@@ -122,7 +122,7 @@ def test_transfer_feature_extraction_run_changes_only_the_head(source_run, tmp_p
     src, dst = load_checkpoint(source_run)["model"], load_checkpoint(out)["model"]
     changed = {k for k in dst if not torch.equal(src[k], dst[k])}
     assert changed and changed <= head_keys("lenet5_modern")  # the backbone, BN statistics included, is untouched
-    cfg = load_checkpoint(out)["config"]
+    cfg = load_checkpoint(out)["info"].config
     assert cfg["transfer"] == "features" and cfg["pretrained"] == str(source_run)
 
 
@@ -133,14 +133,15 @@ def test_embed_writes_penultimate_features_with_labels(source_run, tmp_path):
     assert z["features"].shape == (10_000, 84) and z["labels"].shape == (10_000,)
     assert np.bincount(z["labels"]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     # the features are the head's input: applying the head to them gives the model's logits
-    from cnnlab.train.evaluate import model_from_checkpoint
+    from cnnlab.runs import open_run
 
-    model, state = model_from_checkpoint(source_run)
+    run = open_run(source_run)
+    model = run.model
     head = model.get_submodule(heads(model, "lenet5_modern")[-1])
     ds = load("mnist", "test")
     from cnnlab.data.memory import Augment, MemoryLoader
 
-    x, _ = next(iter(MemoryLoader(ds, 8, False, Augment(**state["recipe"]["augment"]))))
+    x, _ = next(iter(MemoryLoader(ds, 8, False, Augment(**run.info.recipe["augment"]))))
     with torch.no_grad():
         torch.testing.assert_close(head(torch.from_numpy(z["features"][:8])), model(x), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(embed(model, "lenet5_modern", x), z["features"][:8], rtol=1e-5, atol=1e-5)

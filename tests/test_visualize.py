@@ -308,10 +308,12 @@ def test_visualize_commands_write_pngs_and_print_their_paths(run, digits, tmp_pa
 
 
 def test_saliency_and_gradcam_of_a_real_digit(run, digits):
-    from cnnlab.train.evaluate import load_image, model_from_checkpoint
+    from cnnlab.data.view import load_image
+    from cnnlab.runs import open_run
 
-    model, state = model_from_checkpoint(run)
-    x = load_image(digits[0], state)  # a 7, padded to 32 x 32
+    opened = open_run(run)
+    model = opened.model
+    x = load_image(digits[0], opened.info.view)  # a 7, padded to 32 x 32
     sal = saliency(model, x[0])
     assert sal.predicted == 7 and sal.map.shape == (32, 32)
     ink = torch.nn.functional.max_pool2d((x > 0).float(), 5, 1, 2)[0, 0].numpy() > 0  # the digit and its rim

@@ -9,7 +9,7 @@ from cnnlab import CnnlabError, create_model, model_card, summary
 from cnnlab.models.googlenet import INCEPTION, TABLE1, agrees, render_table1, table1
 from cnnlab.models.layers import GoogLeNetOutputs, linear_drop_probs
 from cnnlab.models.resnet import ZeroPadShortcut
-from cnnlab.train.trainer import _loss
+from cnnlab.train.trainer import classification_loss
 
 
 def n_params(name, **kw):
@@ -262,7 +262,7 @@ def test_aux_outputs_in_training_and_logits_in_eval(name):
 def test_trainer_weights_the_auxiliary_losses_as_the_paper():
     logits, a1, a2 = torch.randn(4, 10), torch.randn(4, 10), torch.randn(4, 10)
     y = torch.tensor([1, 2, 3, 4])
-    loss, main = _loss(GoogLeNetOutputs(logits, a1, a2), y, 0.0)
+    loss, main = classification_loss(GoogLeNetOutputs(logits, a1, a2), y, 0.0)
     expected = F.cross_entropy(logits, y) + 0.3 * F.cross_entropy(a1, y) + 0.3 * F.cross_entropy(a2, y)
     torch.testing.assert_close(loss, expected)
     assert main is logits

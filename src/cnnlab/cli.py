@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, CnnlabNote
 
 
 class _Parser(argparse.ArgumentParser):
@@ -494,13 +495,13 @@ def _train(args) -> str:
 def _checkpoint_model(source: str) -> str:
     from pathlib import Path
 
-    from cnnlab.train.checkpoint import load_checkpoint
+    from cnnlab.runs import load_checkpoint
 
     if not Path(source).expanduser().exists():
         raise CnnlabError(f"--from {source} is not a file or run folder; for torchvision weights name the "
                           f"architecture with --model")
     try:
-        return load_checkpoint(source)["model_name"]
+        return load_checkpoint(source)["info"].model
     except CnnlabError:
         raise CnnlabError(f"{source} is not a cnnlab checkpoint, so name its architecture with --model") from None
 
@@ -541,8 +542,8 @@ def _recipes(args) -> str:
 def _eval(args) -> str:
     from pathlib import Path
 
-    from cnnlab.train.checkpoint import resolve
-    from cnnlab.train.evaluate import evaluate
+    from cnnlab.analysis.evaluate import evaluate
+    from cnnlab.runs import resolve
 
     report = evaluate([args.checkpoint] + args.ensemble, args.data, args.tta, args.data_dir)
     if args.format == "json":
@@ -574,7 +575,7 @@ def _visualize(args) -> str:
 
 
 def _predict(args) -> str:
-    from cnnlab.train.evaluate import predict
+    from cnnlab.analysis.evaluate import predict
 
     lines = []
     for path, top in predict(args.checkpoint, args.images):
@@ -625,7 +626,29 @@ COMMANDS = {"train": _train, "transfer": _train, "embed": _embed, "recipes": _re
             "explain": _explain, "scratch-train": _scratch_train}
 
 
+# The library names its parameters as a Python caller writes them; here they are the flags that set them.
+FLAGS = {"pretrained": "--from", "transfer": "--mode", "model_options": "--model-option", "source": "--from"}
+
+
+def flag(param: str) -> str:
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None):
+    """Library notes (CnnlabNote) as one line on stderr, in flags; other warnings as Python shows them."""
+    if isinstance(message, CnnlabNote):
+        print(f"cnnlab: note: {message.speak(flag)}", file=sys.stderr)
+    else:
+        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_note
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -635,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         out = COMMANDS[args.command](args)
     except CnnlabError as e:
-        print(f"cnnlab: error: {e}", file=sys.stderr)
+        print(f"cnnlab: error: {e.speak(flag)}", file=sys.stderr)
         return 2
     except OSError as e:  # a path that cannot be written or read: a folder that is a file, no permission, disk full
         if isinstance(e, BrokenPipeError):

@@ -1,5 +1,6 @@
 """Files written atomically: to a temporary file in the same folder, flushed and fsynced, then renamed over
-the target. A crash at any moment leaves the old file or the new one, never half of either."""
+the target. A crash at any moment leaves the old file or the new one, never half of either. And torch files
+read safely (:func:`load_torch`: ``weights_only=True``, and one sentence when a file cannot be read)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from cnnlab.errors import CnnlabError
 
 
 @contextmanager
@@ -41,6 +44,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    import json
+
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save, atomically."""
     import torch
@@ -52,3 +61,39 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
 def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> None:
     with atomic_open(path) as f:
         fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+
+
+def load_torch(p: Path, what: str = "checkpoint", map_location="cpu"):
+    """``torch.load(p, weights_only=True)``; a file it cannot read becomes one sentence saying why: not a
+    torch.save file at all, a damaged one, or one holding objects that only an unsafe unpickling would build
+    (which cnnlab never does: opening a file must not run code from it)."""
+    import re
+    import warnings
+    import zipfile
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. the unpickler's note on a foreign pickle protocol
+            return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure to read is explained below
+        text, eof, kind = str(e), isinstance(e, EOFError), type(e).__name__
+    if p.stat().st_size == 0:
+        why = "it is empty; copy it again"
+    elif "Weights only load failed" in text:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+        if found:
+            why = (f"it holds a Python object ({found.group(1)}) beyond tensors and plain containers, and "
+                   f"cnnlab opens files with torch.load(weights_only=True), which never runs code from them; if "
+                   f"you trust it, load it yourself and torch.save its tensors")
+        elif not zipfile.is_zipfile(p):
+            why = ("it is not a PyTorch file (torch.save writes a zip archive; this is not one); give a run folder "
+                   "or a .pt file")
+        else:
+            why = "it holds data that torch.load(weights_only=True) does not read"
+    elif "zip archive" in text or "central directory" in text or eof:
+        why = "it is damaged or cut short (an interrupted copy or download?); copy it again"
+    else:
+        why = f"{kind}: {text.splitlines()[0][:200] if text else 'unreadable'}"
+    raise CnnlabError(f"{p} is not a readable {what}: {why}")

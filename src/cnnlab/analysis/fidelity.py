@@ -120,16 +120,16 @@ def fidelity_of_run(run: str, data_dir=None, name: str | None = None) -> tuple[l
     test set of its data (one centre view) and compared with every published accuracy measured on that
     dataset for the same model options. Returns the rows and a sentence saying what was measured, or why
     nothing could be. ``name``, if given, must be the run's model."""
-    from cnnlab.train.checkpoint import load_checkpoint, resolve
-    from cnnlab.train.evaluate import evaluate
+    from cnnlab.analysis.evaluate import evaluate
+    from cnnlab.runs import load_checkpoint, resolve
 
-    state = load_checkpoint(run)
-    if name and name != state["model_name"]:
-        raise CnnlabError(f"{run} is a {state['model_name']} run, not {name}; leave the model name out")
-    name, data = state["model_name"], state["data"]
+    info = load_checkpoint(run)["info"]
+    if name and name != info.model:
+        raise CnnlabError(f"{run} is a {info.model} run, not {name}; leave the model name out")
+    name, data = info.model, info.data
     figures = published_figures(name)
     defaults = model_options(name)
-    options = {**defaults, **state.get("model_options", {})}
+    options = {**defaults, **info.model_options}
     accuracies = [f for f in figures if f.metric not in COMPUTABLE]
     on_data = [f for f in accuracies if f.dataset and f.dataset == STAND_INS.get(data, data)]
     comparable = [f for f in on_data if {**defaults, **f.options} == options]

@@ -78,16 +78,6 @@ def folder_datasets(path: str, size: int, val_split: float | None, seed: int, ch
     return Subset(full_train, perm[n_val:]), Subset(full_eval, perm[:n_val]), classes, "val"
 
 
-def run_folder_datasets(state: dict, data: str | None = None, crops10: bool = False, augment_train: bool = True):
-    """The image-folder datasets of a run, from its checkpoint: the folder (or ``data``) split with the run's
-    hold-out fraction and seed, so that a folder of classes gives exactly the validation images the run was
-    evaluated on during training (and none it trained on)."""
-    data = data or state["data"]
-    return folder_datasets(data.split(":", 1)[1], state["input_size"][1], state["recipe"].get("val_split") or None,
-                           state["config"]["seed"], state["in_chans"], crops10=crops10, explicit=False,
-                           augment_train=augment_train)
-
-
 def folder_loader(ds, batch_size: int, train: bool, seed: int, workers: int | None = None, rank: int = 0,
                   world: int = 1):
     """A DataLoader over an image folder. With ``world`` > 1, ``batch_size`` is the global batch and this

@@ -3,7 +3,6 @@ unpickler that accepts only the handful of types those files contain, after thei
 
 from __future__ import annotations
 
-import gzip
 import pickle
 import tarfile
 from pathlib import Path
@@ -11,25 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnlab.data import idx
 from cnnlab.errors import CnnlabError
 
 
 def read_idx(path: Path) -> torch.Tensor:
     """An IDX file (LeCun's MNIST format, gzipped or not) as a uint8 tensor."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise CnnlabError(f"{path} cannot be read as an IDX file ({e}); it may be truncated") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise CnnlabError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    if len(data) - offset != int(np.prod(dims)):
-        raise CnnlabError(f"{path} holds {len(data) - offset} values but its header says {dims}; it is truncated")
-    return torch.from_numpy(np.frombuffer(data, np.uint8, offset=offset).reshape(dims).copy())
+    return torch.from_numpy(idx.read_idx(path).copy())
 
 
 class _CifarUnpickler(pickle.Unpickler):

@@ -19,10 +19,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnnlab.data.idx import EMBEDDED
 from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_open
 
-EMBEDDED = Path(__file__).parent / "embedded"
 
 
 @dataclass(frozen=True)

@@ -6,42 +6,22 @@ data without a download; ``data_dir`` points at another folder holding the same 
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 
+from cnnlab.data.idx import EMBEDDED, read_idx
 from cnnlab.errors import CnnlabError
 
-EMBEDDED = Path(__file__).resolve().parent.parent / "data" / "embedded" / "mnist"
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """An unsigned-byte IDX file (gzipped or not) as a uint8 array: magic 0 0 8 ndim, ndim big-endian sizes, data."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise CnnlabError(f"{path} cannot be read as an IDX file ({e}); check the path or fetch it again") from None
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
-        raise CnnlabError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    if len(data) - offset != int(np.prod(dims)):
-        raise CnnlabError(f"{path} holds {len(data) - offset} values but its header says {dims}; it is truncated")
-    return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
 
 
 def load_mnist(split: str, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(images N x 28 x 28 uint8, labels N int64) of 'train' (60,000) or 'test' (10,000)."""
     if split not in FILES:
         raise CnnlabError(f"split must be 'train' or 'test', not {split!r}")
-    folder = Path(data_dir) if data_dir is not None else EMBEDDED
+    folder = Path(data_dir) if data_dir is not None else EMBEDDED / "mnist"
     paths = [folder / name for name in FILES[split]]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:

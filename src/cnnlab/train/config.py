@@ -69,10 +69,12 @@ def resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
                if f.name not in RESUME_MAY_CHANGE and f.name != "model"
                and getattr(given, f.name) != _default(f) and getattr(given, f.name) != own[f.name]]
     if changed:
+        named = lambda names: ", ".join(f"`{n}`" for n in names)
         may = [p for p in RESUME_MAY_CHANGE if p != "resume"]
-        raise CnnlabError(f"{', '.join(changed)} cannot change a run being resumed: it goes on with its own "
-                          f"settings (a resumed run may change only {', '.join(may)}); start a new run to change "
-                          f"them, or transfer from the run for other data", params=(*changed, *may))
+        raise CnnlabError(f"{named(changed)} cannot change a run being resumed: it goes on with its own settings (a "
+                          f"resumed run may change only {named(may)}); start a new run to change them, or "
+                          f"transfer from the run for other data", params=(*changed, *may))
+    own["out"] = None  # a resumed run goes on in the folder it is resumed from, not where it was first written
     for name in RESUME_MAY_CHANGE:
         value = getattr(given, name)
         if value not in (None, False, "auto"):

@@ -57,6 +57,10 @@ def loopback_interface() -> str | None:
     return next((n for n in names if n in ("lo", "lo0")), None)
 
 
+NEEDS_OUT = ("data-parallel training needs `out` (or `resume`): every worker, and workers that torchrun restarts, "
+             "must find the same run folder")
+
+
 @dataclass(frozen=True)
 class Dist:
     """Where this process sits in the job; world 1 is a plain single-process run."""

@@ -1,103 +1,351 @@
 """The trainer: a recipe, real data, a progress bar, and a run folder that survives a crash.
 
-Run folder::
+It reads like a reference training script: :func:`train` sets up (platform, data, model, optimiser,
+schedule, run folder) and runs :func:`train_one_epoch` and :func:`evaluate` epoch by epoch; the platform
+(:mod:`.platform`), the run folder (:mod:`.rundir`) and the schedule (:mod:`.schedule`) live in their own
+modules, what a run holds in :mod:`cnnlab.runs`.
 
-    config.json    every resolved setting (recipe, then flags), versions, hardware
-    metrics.jsonl  one line per epoch, and one every ``log_every`` steps
-    curves.png     loss and accuracy, training and evaluation
-    last.pt        the latest checkpoint (model, optimiser, scheduler, scaler, epoch, step, RNG state)
-    best.pt        the checkpoint with the best evaluation accuracy
-    summary.md     what was trained, on what, how well and how fast
-
-Checkpoints are written at the end of every epoch. ``--resume`` restarts from the last one: the epoch that
-was running when the process died is run again from its start with the same data order, augmentation and
+Checkpoints are written at the end of every epoch. ``resume`` restarts from the last one: the epoch that was
+running when the process died is run again from its start with the same data order, augmentation and
 dropout draws, so on CPU in deterministic mode a resumed run ends with exactly the weights of an
 uninterrupted one. metrics.jsonl keeps only lines up to the checkpoint's epoch when a run resumes.
 Image-folder runs resume at the same epoch boundary, but their DataLoader workers' augmentation is not
 replayed draw for draw.
 
-Under ``torchrun`` the same loop trains data-parallel (cnnlab.train.distributed, docs/distributed.md): the
-global batch is split across ranks, metrics are reduced over them, and only rank 0 writes the run folder.
-When torchrun restarts the workers after a failure (``--max-restarts``), they resume from ``--out``'s
-last.pt: the interrupted epoch runs again from its start, and metrics.jsonl keeps exactly the lines of the
-epochs the checkpoint holds (step lines of the interrupted epoch are dropped and written again).
+Under ``torchrun`` the same loop trains data-parallel (:mod:`.distributed`, docs/distributed.md): the global
+batch is split across ranks, metrics are reduced over them, and only rank 0 writes the run folder. When
+torchrun restarts the workers after a failure (``--max-restarts``), they resume from ``out``'s last.pt: the
+interrupted epoch runs again from its start, and metrics.jsonl keeps exactly the lines of the epochs the
+checkpoint holds (step lines of the interrupted epoch are dropped and written again).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
-from contextlib import nullcontext
-from dataclasses import asdict
-from datetime import datetime
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from cnnlab.analysis.evaluate import topk_correct
 from cnnlab.analysis.summary import summary
-from cnnlab.data.memory import MemoryLoader, balanced_subset, load, pad_to, split_train_val
-from cnnlab.errors import CnnlabError
-from cnnlab.fileio import atomic_savefig, atomic_write_text
+from cnnlab.data.view import DataView, OpenedData, open_data
+from cnnlab.errors import CnnlabError, CnnlabNote
 from cnnlab.models.registry import create_model, model_card
+from cnnlab.runs import RunInfo, load_checkpoint
 from cnnlab.train import distributed
-from cnnlab.train.platform import (hardware, keep_freed_memory, resolve_channels_last, resolve_device,
-                                   resolve_precision, versions)
 from cnnlab.train.config import RunResult, TrainConfig, resumed_config
-from cnnlab.train.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from cnnlab.platform import Platform, hardware, keep_freed_memory, versions
 from cnnlab.train.recipes import Recipe, get_recipe, override, recipe_for
+from cnnlab.train.rundir import RunFolder
+from cnnlab.train.schedule import Schedule
+from cnnlab.transfer.prepare import prepare
 
 
-# -- data ------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> RunResult:
+    """Train as configured; the process-wide determinism switch is restored afterwards."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    joined = distributed.launched_by_torchrun() and not torch.distributed.is_initialized()
+    try:
+        return _train(cfg)
+    except Exception as e:
+        if cfg.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise CnnlabError(f"`compile` failed: torch.compile could not build the model ({first[:300]}); on a "
+                              f"CPU it needs a working C++ compiler (gcc or clang), on a GPU also Triton; install "
+                              f"them or train without `compile`", params=("compile",)) from None
+        raise
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        if joined:
+            distributed.shutdown()
 
-def make_data(data: str, recipe: Recipe, batch_size: int, seed: int, data_dir, val_split: float,
-              input_size: tuple[int, int, int], device, channels_last: bool, train_limit: int | None = None,
-              rank: int = 0, world: int = 1, val_split_explicit: bool = True):
-    """(train loader, eval loader, classes, eval split name, channels); with ``world`` > 1 the loaders
-    serve this rank's share: ``batch_size`` is the global batch."""
-    if data.startswith("folder:"):
-        from cnnlab.data.folder import folder_datasets, folder_loader
 
-        path = data.split(":", 1)[1]
-        if train_limit:
-            raise CnnlabError("--train-limit works with the in-memory datasets (mnist, cifar10, ...), not image "
-                              "folders: copy the images you want into a smaller folder instead")
-        if path in ("", "imagenet"):
-            raise CnnlabError("this recipe trains on an image folder: pass --data folder:PATH "
-                              "(PATH/<class>/*.jpg, or PATH/train and PATH/val)")
-        train, evald, classes, eval_name = folder_datasets(path, input_size[1], val_split or None, seed,
-                                                           input_size[0], explicit=val_split_explicit)
-        return (folder_loader(train, batch_size, True, seed, rank=rank, world=world),
-                folder_loader(evald, batch_size, False, seed, rank=rank, world=world),
-                classes, eval_name, input_size[0])
-    train = load(data, "train", data_dir)
-    if train_limit:
-        train = balanced_subset(train, train_limit, seed)
-    if val_split:
-        train, evald = split_train_val(train, val_split, seed)
-        eval_name = "val"
+def _train(cfg: TrainConfig) -> RunResult:
+    started = time.time()
+    keep_freed_memory()
+    dist, cfg, checkpoint, device = _join(cfg)
+    recipe = _recipe(cfg, dist.world)
+    data = cfg.data or recipe.data
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    card = model_card(cfg.model)
+    platform = Platform.choose(device, cfg.precision, cfg.channels_last, dist.local_rank if dist.active else None)
+    view = DataView(data, card.input_size[0], card.input_size[1], recipe.augment.as_dict(), recipe.val_split or None,
+                    cfg.seed, cfg.train_limit)
+    train_data, eval_data = _open_data(view, recipe.batch_size, cfg, platform, dist)
+    model = create_model(cfg.model, num_classes=len(train_data.classes), in_chans=train_data.channels,
+                         **cfg.model_options)
+    macs = _macs(model, train_data, cfg.model, card.input_size)
+    platform = platform.for_network(macs, cfg.deterministic)
+    model = platform.place(model)
+    note, groups = prepare(model, cfg.model, cfg.model_options, cfg.pretrained, cfg.transfer, recipe.lr,
+                           cfg.unfreeze, cfg.lr_backbone, load=checkpoint is None)
+    t = Training(model, model, _optimizer(recipe, [p for p in model.parameters() if p.requires_grad], groups),
+                 torch.amp.GradScaler("cuda", enabled=platform.precision == "fp16"),
+                 Schedule(recipe, len(train_data.loader)), recipe, platform, dist, cfg.model)
+    if dist.active:
+        t.model, t.step_model = distributed.wrap(model, platform.device, cfg.sync_bn)
+    t.step_model = torch.compile(t.step_model) if cfg.compile else t.step_model
+    folder = RunFolder.choose(cfg.out, cfg.resume, cfg.model, data, dist.main)
+    info = RunInfo(cfg.model, tuple(train_data.classes), train_data.channels, tuple(card.input_size), data,
+                   cfg.model_options, recipe.as_dict(), eval_data.split, cfg.seed, platform.precision,
+                   cfg.train_limit, asdict(cfg))
+    if checkpoint is not None:
+        t.restore(checkpoint, info, cfg.resume)
+    resolved = _resolved(cfg, info, recipe, platform, len(train_data.loader), macs, dist)
+    folder.start(resolved, t.epoch)
+    say = (lambda *a: None) if cfg.quiet or not dist.main else print
+    say(note) if note else None
+    _announce(say, cfg, info, recipe, platform, dist, folder, t, checkpoint)
+    progress = None if cfg.quiet or not dist.main else _progress()
+    for epoch in range(t.epoch, recipe.epochs):
+        tr = train_one_epoch(t, train_data, epoch, folder, cfg.log_every, progress)
+        ev = evaluate(t.model, eval_data, platform, dist, recipe.logit_scale)
+        t.schedule.end_epoch(ev["top1"])
+        record = {"kind": "epoch", "epoch": epoch + 1, "step": t.step, "train_loss": tr["loss"],
+                  "train_top1": tr["top1"], "eval_split": eval_data.split, "eval_loss": ev["loss"],
+                  "eval_top1": ev["top1"], "eval_top5": ev["top5"], "lr": tr["lr"], "seconds": tr["seconds"],
+                  "images_per_s": tr["images_per_s"], "elapsed": time.time() - started}
+        t.end_epoch(record, folder, info)
+        say(f"epoch {epoch + 1:>3}/{recipe.epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_top1']:.2f}%  {eval_data.split} loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}% "
+            f"top-5 {ev['top5']:.2f}%  {record['images_per_s']:,.0f} img/s  {record['seconds']:.1f}s")
+        folder.curves(t.history)
+    if progress:
+        progress.stop()
+    seconds = time.time() - started
+    folder.summary(resolved, t.history, t.best_top1, seconds)
+    dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written everything
+    say(f"done: best {eval_data.split} top-1 {t.best_top1:.2f}% in {seconds:.1f}s; run folder {folder.path}")
+    return RunResult(folder.path, recipe.epochs, t.best_top1, t.history[-1] if t.history else {}, seconds,
+                     dist.rank)
+
+
+@dataclass
+class Training:
+    """What changes as a run trains: the model (``step_model`` is what a step calls: DDP- or compile-wrapped),
+    the optimiser and its scaler, the schedule, and where the run stands."""
+
+    model: torch.nn.Module
+    step_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: Schedule
+    recipe: Recipe
+    platform: Platform
+    dist: distributed.Dist
+    name: str = ""  # the model's registered name
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimiser steps done
+    best_top1: float = -1.0
+    history: list[dict] = field(default_factory=list)
+
+    def state(self) -> dict:
+        """The training state a checkpoint carries besides the run's info and weights."""
+        device = self.platform.device
+        return {"optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "schedule": self.schedule.state_dict(), "epoch": self.epoch, "step": self.step,
+                "best_top1": self.best_top1, "history": self.history,
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
+
+    def restore(self, checkpoint: dict, info: RunInfo, where: str) -> None:
+        if list(checkpoint["info"].classes) != list(info.classes):
+            raise CnnlabError("the checkpoint was trained on other classes than this data; resume with its own `data`",
+                              params=("data",))
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError) as e:
+            raise CnnlabError(f"{where} does not fit {info.model} with {info.num_classes} classes "
+                              f"({str(e).splitlines()[0]})") from None
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.schedule.load_state_dict(checkpoint.get("schedule"))
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        device = self.platform.device
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+        self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
+        self.best_top1, self.history = checkpoint["best_top1"], list(checkpoint["history"])
+
+    def end_epoch(self, record: dict, folder: RunFolder, info: RunInfo) -> None:
+        """Record the epoch and checkpoint it (last.pt, and best.pt when its evaluation top-1 is the best)."""
+        self.epoch = record["epoch"]
+        self.history.append(record)
+        folder.log(record)
+        best = record["eval_top1"] > self.best_top1
+        self.best_top1 = max(self.best_top1, record["eval_top1"])
+        if folder.main:
+            weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            folder.save(info, weights, self.state(), best)
+
+
+def train_one_epoch(t: Training, data: OpenedData, epoch: int, folder: RunFolder, log_every: int, progress) -> dict:
+    """One pass over the training data: the mean loss, top-1, last learning rate, seconds and images/s."""
+    loader, recipe, device, dtype = data.loader, t.recipe, t.platform.device, t.platform.dtype
+    loader.epoch = epoch
+    if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+        loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
+    t.model.train()
+    t0, seen, correct, loss_sum, lr = time.time(), 0, 0, 0.0, 0.0
+    task = progress.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=len(loader), loss=0.0, acc=0.0,
+                             ips=0.0) if progress else None
+    if progress and not progress.live.is_started:
+        progress.start()
+    for i, (x, y) in enumerate(loader):
+        x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
+        lr = t.schedule.lr(t.step)
+        for g in t.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        with _stopping(progress, recipe, t, epoch, i, folder):
+            with t.platform.autocast():
+                loss, logits = classification_loss(t.step_model(x), y, recipe.label_smoothing, recipe.logit_scale)
+            value, hits, n = loss.item(), (logits.argmax(1) == y).sum().item(), y.numel()
+            if t.dist.active:  # the step's loss and accuracy over every rank (one small all-reduce): all ranks
+                # then agree on whether the loss is finite, and the logs show the global batch
+                total, hits, n = t.dist.sum([value * n, hits, n], device)
+                value = total / n
+            if not math.isfinite(value):
+                raise _NotFinite(value)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        if recipe.clip_grad_norm:
+            t.scaler.unscale_(t.optimizer)
+            torch.nn.utils.clip_grad_norm_(t.model.parameters(), recipe.clip_grad_norm)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.step += 1
+        seen, loss_sum, correct = seen + int(n), loss_sum + value * n, correct + int(hits)
+        ips = seen / max(1e-9, time.time() - t0)
+        if progress:
+            progress.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen, ips=ips)
+        if log_every and t.step % log_every == 0:
+            folder.log({"kind": "step", "epoch": epoch + 1, "step": t.step, "loss": value, "lr": lr,
+                        "images_per_s": ips})
+    seconds = time.time() - t0
+    if progress:
+        progress.remove_task(task)
+    return {"loss": loss_sum / seen, "top1": 100.0 * correct / seen, "lr": lr, "seconds": seconds,
+            "images_per_s": seen / seconds}
+
+
+def evaluate(model, data: OpenedData, platform: Platform, dist: distributed.Dist = distributed.Dist(),
+             logit_scale: float = 1.0) -> dict:
+    """Loss (of the logits times ``logit_scale``, as in training), top-1 and top-5 over ``data``; under data
+    parallelism each rank scores its share and the sums are reduced."""
+    model.eval()
+    total = correct1 = correct5 = 0
+    loss_sum = 0.0
+    with torch.no_grad():
+        for x, y in data.loader:
+            x, y = x.to(platform.device, platform.dtype), y.to(platform.device)
+            with platform.autocast():
+                out = model(x)
+            out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+            loss_sum += F.cross_entropy(out * logit_scale, y, reduction="sum").item()
+            hits1, hits5 = topk_correct(out, y)
+            correct1, correct5, total = correct1 + hits1, correct5 + hits5, total + y.numel()
+    loss_sum, correct1, correct5, total = dist.sum([loss_sum, correct1, correct5, total], platform.device)
+    return {"loss": loss_sum / total, "top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
+
+
+def classification_loss(output, target, smoothing: float, logit_scale: float = 1.0):
+    """Cross-entropy of the logits times ``logit_scale``; auxiliary outputs (a tuple/namedtuple of logits)
+    are weighted as their model says. Returns the loss and the main logits as the model gave them."""
+
+    def ce(logits):
+        return F.cross_entropy(logits * logit_scale if logit_scale != 1.0 else logits, target,
+                               label_smoothing=smoothing)
+
+    if isinstance(output, torch.Tensor):
+        return ce(output), output
+    main, *aux = output
+    weights = getattr(output, "aux_weights", (0.3,) * len(aux))
+    loss = ce(main)
+    for w, a in zip(weights, aux):
+        loss = loss + w * ce(a)
+    return loss, main
+
+
+# -- setting up ------------------------------------------------------------------------------------------
+
+def _join(cfg: TrainConfig) -> tuple[distributed.Dist, TrainConfig, dict | None, str]:
+    """Join the data-parallel group if torchrun started this process, and open the checkpoint to resume
+    from: ``resume``, or ``out``'s when torchrun restarted the workers after a failure. Returns the group, the
+    configuration to train with, the checkpoint (or None) and the device to use."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1) if distributed.launched_by_torchrun() else 1
+    if world > 1 and not (cfg.out or cfg.resume):
+        raise CnnlabError(distributed.NEEDS_OUT, params=("out", "resume"))
+    if cfg.sync_bn and world > 1 and (cfg.device == "cpu" or not torch.cuda.is_available()):
+        raise CnnlabError("`sync_bn` needs GPUs (PyTorch's SyncBatchNorm does not run on CPU)", params=("sync_bn",))
+    dist, device = distributed.init(cfg.device)
+    # restarted by torchrun (on any node: the ranks agreed while joining): go on from the checkpoint
+    if dist.restarted and not cfg.resume and cfg.out and (Path(cfg.out) / "last.pt").exists():
+        cfg = replace(cfg, resume=cfg.out)
+    if not cfg.resume:
+        return dist, cfg, None, device
+    checkpoint = load_checkpoint(cfg.resume)
+    cfg = resumed_config(checkpoint["info"].config, cfg)
+    return dist, cfg, checkpoint, device if dist.active else cfg.device
+
+
+def _recipe(cfg: TrainConfig, world: int) -> Recipe:
+    recipe = get_recipe(cfg.recipe) if cfg.recipe else recipe_for(cfg.model)
+    recipe = override(recipe, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, val_split=cfg.val_split)
+    for what, v in (("epochs", recipe.epochs), ("batch_size", recipe.batch_size)):
+        if v < 1:
+            raise CnnlabError(f"`{what}` must be 1 or more, got {v}", params=(what,))
+    if not recipe.lr > 0:
+        raise CnnlabError(f"`lr` must be positive, got {recipe.lr}", params=("lr",))
+    if recipe.batch_size % world:
+        raise CnnlabError(f"`batch_size` {recipe.batch_size} is the global batch and must split evenly over {world} "
+                          f"processes; pick a multiple of {world}", params=("batch_size",))
+    return recipe
+
+
+def _open_data(view: DataView, batch_size: int, cfg: TrainConfig, platform: Platform, dist) \
+        -> tuple[OpenedData, OpenedData]:
+    """The training and evaluation data (this rank's share); refused when no full batch can be made."""
+    common = dict(data_dir=cfg.data_dir, rank=dist.rank, world=dist.world, device=platform.device,
+                  channels_last=platform.channels_last, explicit_val_split=cfg.val_split is not None)
+    train_data = open_data(view, "train", train=True, batch_size=batch_size, **common)
+    eval_split = "val" if view.val_split else "test"
+    eval_data = open_data(view, eval_split, batch_size=batch_size if view.is_folder else max(256, batch_size),
+                          **common)
+    if len(train_data.loader) == 0:
+        raise CnnlabError(f"{len(train_data):,} training images make no full batch of {batch_size}: lower "
+                          f"`batch_size`, or train on more images (`train_limit`, `val_split`)",
+                          params=("batch_size", "train_limit", "val_split"))
+    return train_data, eval_data
+
+
+def _macs(model, data: OpenedData, name: str, card_size: tuple[int, int, int]) -> int:
+    """The network's multiply-adds per image at the data's image size (one image, eval mode, no grad), which
+    also checks that the network fits the data."""
+    from cnnlab.data.memory import pad_to
+
+    if data.view.is_folder:
+        hw = tuple(card_size[1:])
     else:
-        evald, eval_name = load(data, "test", data_dir), "test"
-    aug = recipe.augment
-    tl = MemoryLoader(train, batch_size, True, aug, seed, drop_last=True, device=device, channels_last=channels_last,
-                      rank=rank, world=world)
-    el = MemoryLoader(evald, max(256, batch_size), False, aug, seed, device=device, channels_last=channels_last,
-                      rank=rank, world=world)
-    return tl, el, train.classes, eval_name, train.channels
+        hw = tuple(pad_to(data.dataset.images[:1], data.view.pad_to).shape[-2:])
+    try:
+        return summary(model, (data.channels, *hw)).total_macs
+    except CnnlabError as e:
+        reason = str(e).split(" input: ", 1)[-1].split("; try its default input", 1)[0]
+        size = "x".join(map(str, card_size))
+        raise CnnlabError(f"{name} cannot train on the {data.channels}x{hw[0]}x{hw[1]} images of {data.view.data} "
+                          f"({reason}); it is built for {size}: train it on an image folder (resized to {size}) or "
+                          f"pick a model made for {hw[0]}x{hw[1]} images") from None
 
-
-def _image_size(loader, card_size: tuple[int, int, int]) -> tuple[int, int]:
-    """The height and width of the images a training loader serves: an in-memory dataset's (after padding to
-    the recipe's canvas), an image folder's are resized to the model's card size."""
-    if isinstance(loader, MemoryLoader):
-        return tuple(pad_to(loader.ds.images[:1], loader.aug.pad_to).shape[-2:])
-    return tuple(card_size[1:])
-
-
-# -- the loop ----------------------------------------------------------------------------------------------
 
 def _optimizer(recipe: Recipe, params, scaled: list[tuple[list, float]] | None = None):
     """SGD/RMSprop/Adam over ``params``, or over ``scaled`` (parameters, learning-rate scale) groups."""
@@ -117,385 +365,68 @@ def _optimizer(recipe: Recipe, params, scaled: list[tuple[list, float]] | None =
     raise CnnlabError(f"unknown optimiser {recipe.optimizer!r}")
 
 
-def _stretched_schedule(saved: dict, recipe: Recipe, step: int, steps_per_epoch: int) -> str:
-    """A sentence when resuming with other --epochs changes a schedule laid over the whole run (cosine,
-    one-cycle): the learning rate at the next step then differs from the one the run had reached."""
-    old_epochs = saved.get("epochs", recipe.epochs)
-    if old_epochs == recipe.epochs or recipe.schedule not in ("cosine", "onecycle"):
-        return ""
-    before = recipe.lr * recipe.lr_factor(step, steps_per_epoch, steps_per_epoch * old_epochs)
-    after = recipe.lr * recipe.lr_factor(step, steps_per_epoch, steps_per_epoch * recipe.epochs)
-    return (f"--epochs {recipe.epochs} (the run had {old_epochs}) lays the {recipe.schedule} schedule over "
-            f"{recipe.epochs} epochs, so the learning rate at step {step + 1} is {after:.3g} instead of "
-            f"{before:.3g}: this continues the run as a new, longer schedule, not where it stopped")
-
-
-def _setup_transfer(cfg: TrainConfig, model, recipe: Recipe, fresh: bool) -> str:
-    """Load pretrained weights (not when resuming: the checkpoint has them) and freeze what
-    ``cfg.transfer`` says. Returns a line for the log."""
-    if cfg.transfer not in (None, "features", "finetune"):
-        raise CnnlabError(f"--mode must be 'features' or 'finetune', not {cfg.transfer!r}")
-    if cfg.transfer and not cfg.pretrained:
-        raise CnnlabError("transfer learning needs weights to start from: pass --from")
-    if cfg.lr_backbone is not None and not cfg.lr_backbone >= 0:
-        raise CnnlabError(f"--lr-backbone must be 0 or more, got {cfg.lr_backbone}")
-    note = ""
-    if cfg.pretrained and fresh:
-        from cnnlab.transfer import load_pretrained
-
-        note = load_pretrained(model, cfg.model, cfg.pretrained, **cfg.model_options).text()
-    if cfg.transfer == "features":
-        from cnnlab.transfer import freeze_backbone, heads
-
-        trainable = freeze_backbone(model, heads(model, cfg.model, **cfg.model_options), cfg.unfreeze)
-        if not any(p.requires_grad for p in model.parameters()):
-            raise CnnlabError(f"{cfg.model}'s head has no trainable parameters; add --unfreeze N to train "
-                              f"the last N blocks")
-        note += f"\nfeature extraction: training {', '.join(trainable)}; the rest is frozen, in eval mode"
-    elif cfg.transfer == "finetune":
-        lr_b = cfg.lr_backbone if cfg.lr_backbone is not None else recipe.lr / 10
-        note += f"\nfine-tuning: heads at lr {recipe.lr:g}, backbone at lr {lr_b:g}"
-    return note.strip()
-
-
-def _loss(output, target, smoothing: float, logit_scale: float = 1.0):
-    """Cross-entropy of the logits times ``logit_scale``; auxiliary outputs (a tuple/namedtuple of logits)
-    are weighted as their model says. Returns the loss and the main logits as the model gave them."""
-
-    def ce(logits):
-        return F.cross_entropy(logits * logit_scale if logit_scale != 1.0 else logits, target,
-                               label_smoothing=smoothing)
-
-    if isinstance(output, torch.Tensor):
-        return ce(output), output
-    main, *aux = output
-    weights = getattr(output, "aux_weights", (0.3,) * len(aux))
-    loss = ce(main)
-    for w, a in zip(weights, aux):
-        loss = loss + w * ce(a)
-    return loss, main
-
-
-def evaluate_loader(model, loader, device, autocast, dist: distributed.Dist = distributed.Dist(),
-                    dtype: torch.dtype | None = None, logit_scale: float = 1.0) -> dict:
-    """Loss (of the logits times ``logit_scale``, as in training), top-1 and top-5 over the loader; under
-    data parallelism each rank scores its share and the sums are reduced."""
-    model.eval()
-    total = correct1 = correct5 = 0
-    loss_sum = 0.0
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device, dtype), y.to(device)
-            with autocast():
-                out = model(x)
-            out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
-            loss_sum += F.cross_entropy(out * logit_scale, y, reduction="sum").item()
-            k = min(5, out.shape[1])
-            top = out.topk(k, 1).indices
-            correct1 += (top[:, 0] == y).sum().item()
-            correct5 += (top == y[:, None]).any(1).sum().item()
-            total += y.numel()
-    loss_sum, correct1, correct5, total = dist.sum([loss_sum, correct1, correct5, total], device)
-    return {"loss": loss_sum / total, "top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
-
-
-def _progress(quiet: bool):
-    if quiet:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2f}%  "
-                               "{task.fields[ips]:,.0f} img/s"), TimeRemainingColumn(), transient=True)
-
-
-def train(cfg: TrainConfig) -> RunResult:
-    """Train as configured; the process-wide determinism switch is restored afterwards."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    joined = distributed.launched_by_torchrun() and not torch.distributed.is_initialized()
-    try:
-        return _train(cfg)
-    except Exception as e:
-        if cfg.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
-            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise CnnlabError(f"--compile failed: torch.compile could not build the model ({first[:300]}); "
-                              f"on a CPU it needs a working C++ compiler (gcc or clang), on a GPU also Triton; "
-                              f"install them or train without --compile") from None
-        raise
-    finally:
-        torch.use_deterministic_algorithms(previous)
-        if joined:
-            distributed.shutdown()
-
-
-def _train(cfg: TrainConfig) -> RunResult:
-    started = time.time()
-    keep_freed_memory()
-    resume_state = None
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1) if distributed.launched_by_torchrun() else 1
-    if world > 1 and not (cfg.out or cfg.resume):
-        raise CnnlabError("data-parallel training needs --out (or --resume): every worker, and workers that "
-                          "torchrun restarts, must find the same run folder")
-    if cfg.sync_bn and world > 1 and (cfg.device == "cpu" or not torch.cuda.is_available()):
-        raise CnnlabError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU)")
-    dist, device_name = distributed.init(cfg.device)
-    # restarted by torchrun (on any node: the ranks agreed while joining): go on from the checkpoint
-    if dist.restarted and not cfg.resume and cfg.out and (Path(cfg.out) / "last.pt").exists():
-        cfg = TrainConfig(**{**asdict(cfg), "resume": cfg.out})
-    if cfg.resume:
-        resume_state = load_checkpoint(cfg.resume)
-        cfg = resumed_config(resume_state["config"], cfg)
-        if not dist.active:
-            device_name = cfg.device
-
-    recipe = get_recipe(cfg.recipe) if cfg.recipe else recipe_for(cfg.model)
-    recipe = override(recipe, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, val_split=cfg.val_split)
-    data = cfg.data or recipe.data
-    for what, v in (("--epochs", recipe.epochs), ("--batch-size", recipe.batch_size)):
-        if v < 1:
-            raise CnnlabError(f"{what} must be 1 or more, got {v}")
-    if not recipe.lr > 0:
-        raise CnnlabError(f"--lr must be positive, got {recipe.lr}")
-    if recipe.batch_size % world:
-        raise CnnlabError(f"--batch-size {recipe.batch_size} is the global batch and must split evenly over "
-                          f"{world} processes; pick a multiple of {world}")
-    if cfg.sync_bn and world > 1 and (cfg.device == "cpu" or not torch.cuda.is_available()):
-        raise CnnlabError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU)")
-
-    torch.manual_seed(cfg.seed)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    device = resolve_device(device_name)
-    if dist.active and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    card = model_card(cfg.model)
-
-    # The layout is needed before the data and the model exist: on a CPU it does not depend on the precision,
-    # and on a GPU the precision does not depend on the network's size; this also checks --precision early.
-    early = resolve_precision(cfg.precision, device, 0)
-    channels_last = resolve_channels_last(cfg.channels_last, early, device)
-
-    train_loader, eval_loader, classes, eval_name, channels = make_data(
-        data, recipe, recipe.batch_size, cfg.seed, cfg.data_dir, recipe.val_split, card.input_size, device,
-        channels_last, cfg.train_limit, dist.rank, dist.world, val_split_explicit=cfg.val_split is not None)
-    images = train_loader.ds if isinstance(train_loader, MemoryLoader) else train_loader.dataset
-    if len(train_loader) == 0:
-        raise CnnlabError(f"{len(images):,} training images make no full batch of {recipe.batch_size}: lower "
-                          f"--batch-size, or train on more images (--train-limit, --val-split)")
-    model = create_model(cfg.model, num_classes=len(classes), in_chans=channels, **cfg.model_options)
-    hw = _image_size(train_loader, card.input_size)
-    try:  # one image, eval mode, no grad: the multiply-adds, and a check that the network fits the data
-        macs = summary(model, (channels, *hw)).total_macs
-    except CnnlabError as e:
-        reason = str(e).split(" input: ", 1)[-1].split("; try its default input", 1)[0]
-        size = "x".join(map(str, card.input_size))
-        raise CnnlabError(f"{cfg.model} cannot train on the {channels}x{hw[0]}x{hw[1]} images of {data} ({reason}); "
-                          f"it is built for {size}: train it on an image folder (resized to {size}) or pick a "
-                          f"model made for {hw[0]}x{hw[1]} images") from None
-    precision = ("fp32" if cfg.deterministic and cfg.precision == "auto"
-                 else resolve_precision(cfg.precision, device, macs))
-    transfer_note = _setup_transfer(cfg, model, recipe, resume_state is None)
-    model = model.to(device)
-    dtype = torch.float64 if precision == "fp64" else None  # fp64: inputs and weights in double
-    if dtype:
-        model = model.to(dtype)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    scaled = None
-    if cfg.transfer:
-        from cnnlab.transfer import heads, param_groups
-
-        backbone = (cfg.lr_backbone if cfg.lr_backbone is not None else recipe.lr / 10) / recipe.lr
-        scaled = param_groups(model, heads(model, cfg.model, **cfg.model_options),
-                              backbone if cfg.transfer == "finetune" else 1.0)
-    optimizer = _optimizer(recipe, [p for p in model.parameters() if p.requires_grad], scaled)
-    scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    step_model = model
-    if dist.active:
-        model, step_model = distributed.wrap(model, device, cfg.sync_bn)
-    step_model = torch.compile(step_model) if cfg.compile else step_model
-
-    if cfg.out:
-        run_dir = Path(cfg.out)
-    elif cfg.resume:
-        run_dir = Path(cfg.resume).parent if Path(cfg.resume).is_file() else Path(cfg.resume)
-    else:
-        tag = data.replace(":", "_").replace("/", "_")
-        run_dir = Path("runs") / f"{cfg.model}-{tag}-{datetime.now():%Y%m%d-%H%M%S}"
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-    steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * recipe.epochs
-    start_epoch, step, plateau, best_top1, history = 0, 0, {"factor": 1.0, "best": -1.0, "bad": 0}, -1.0, []
-    if resume_state is not None:
-        if resume_state["classes"] != list(classes):
-            raise CnnlabError("the checkpoint was trained on other classes than this data; resume with its own --data")
-        try:
-            model.load_state_dict(resume_state["model"])
-            optimizer.load_state_dict(resume_state["optimizer"])
-        except (RuntimeError, ValueError) as e:
-            raise CnnlabError(f"{cfg.resume} does not fit {cfg.model} with {len(classes)} classes "
-                              f"({str(e).splitlines()[0]})") from None
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        torch.set_rng_state(resume_state["rng"]["torch"])
-        if device.type == "cuda" and resume_state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(resume_state["rng"]["cuda"], device)
-        start_epoch, step = resume_state["epoch"], resume_state["step"]
-        plateau, best_top1 = dict(resume_state["plateau"]), resume_state["best_top1"]
-        history = list(resume_state["history"])
-
-    resolved = {
-        **asdict(cfg), "data": data, "recipe": recipe.name, "recipe_settings": recipe.as_dict(),
-        "precision": precision, "channels_last": channels_last, "eval_split": eval_name,
-        "classes": list(classes), "steps_per_epoch": steps_per_epoch, "macs_per_image": macs,
-        "versions": versions(),
-        "hardware": hardware(device),
+def _resolved(cfg: TrainConfig, info: RunInfo, recipe: Recipe, platform: Platform, steps_per_epoch: int,
+              macs: int, dist) -> dict:
+    """config.json: every setting as resolved (recipe, then flags), versions, hardware."""
+    return {
+        **asdict(cfg), "data": info.data, "recipe": recipe.name, "recipe_settings": recipe.as_dict(),
+        "precision": platform.precision, "channels_last": platform.channels_last, "eval_split": info.eval_split,
+        "classes": list(info.classes), "steps_per_epoch": steps_per_epoch, "macs_per_image": macs,
+        "versions": versions(), "hardware": hardware(platform.device),
         "distributed": {"world_size": dist.world, "backend": torch.distributed.get_backend() if dist.active
                         else None, "per_rank_batch": recipe.batch_size // dist.world},
     }
-    metrics_path = run_dir / "metrics.jsonl"
-    if dist.main:
-        atomic_write_json(run_dir / "config.json", resolved)
-        _truncate_metrics(metrics_path, start_epoch)
 
-    def log(record: dict):
-        if not dist.main:
-            return
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
 
-    def checkpoint_state(epoch: int) -> dict:
-        return {
-            "model_name": cfg.model, "model_options": cfg.model_options, "num_classes": len(classes),
-            "in_chans": channels, "input_size": list(card.input_size), "classes": list(classes), "data": data,
-            "config": asdict(cfg), "recipe": recipe.as_dict(), "eval_split": eval_name, "precision": precision,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "plateau": plateau, "epoch": epoch, "step": step, "best_top1": best_top1, "history": history,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-        }
+def _announce(say, cfg, info: RunInfo, recipe: Recipe, platform: Platform, dist, folder: RunFolder, t: Training,
+              checkpoint: dict | None) -> None:
+    if t.epoch == 0:
+        parallel = (f" in {dist.world} data-parallel processes ({torch.distributed.get_backend()}, "
+                    f"{recipe.batch_size // dist.world} images each)" if dist.active else "")
+        say(f"training {cfg.model} on {info.data} (evaluating on the {info.eval_split} set) with recipe "
+            f"{recipe.name}: {recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, "
+            f"{platform.describe()}{parallel}; run folder {folder.path}")
+        return
+    say(f"resuming {folder.path} after epoch {t.epoch} of {recipe.epochs}")
+    stretched = t.schedule.stretched(checkpoint["info"].recipe, t.step)
+    if stretched and dist.main:
+        warnings.warn(CnnlabNote(stretched, params=("epochs",)), stacklevel=3)
 
-    say = (lambda *a: None) if cfg.quiet or not dist.main else print
-    if transfer_note:
-        say(transfer_note)
-    parallel = (f" in {dist.world} data-parallel processes ({torch.distributed.get_backend()}, "
-                f"{recipe.batch_size // dist.world} images each)" if dist.active else "")
-    if start_epoch == 0:
-        say(f"training {cfg.model} on {data} (evaluating on the {eval_name} set) with recipe {recipe.name}: "
-            f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, {precision}"
-            f"{' channels-last' if channels_last else ''} on {device}"
-            f"{parallel}; run folder {run_dir}")
-    else:
-        say(f"resuming {run_dir} after epoch {start_epoch} of {recipe.epochs}")
-        stretched = _stretched_schedule(resume_state["recipe"], recipe, step, steps_per_epoch)
-        if stretched and dist.main:
-            print(f"cnnlab: note: {stretched}", file=sys.stderr)
 
-    progress = _progress(cfg.quiet or not dist.main)
-    final = history[-1] if history else {}
-    for epoch in range(start_epoch, recipe.epochs):
-        train_loader.epoch = epoch
-        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
-        model.train()
-        t0 = time.time()
-        seen = correct = 0
-        loss_sum = 0.0
-        task = progress.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=steps_per_epoch, loss=0.0, acc=0.0,
-                                 ips=0.0) if progress else None
-        if progress and epoch == start_epoch:
-            progress.start()
-        for i, (x, y) in enumerate(train_loader):
-            x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
-            lr = recipe.lr * recipe.lr_factor(step, steps_per_epoch, total_steps) * plateau["factor"]
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
-            try:
-                with autocast():
-                    out = step_model(x)
-                    loss, logits = _loss(out, y, recipe.label_smoothing, recipe.logit_scale)
-                value, hits, n = loss.item(), (logits.argmax(1) == y).sum().item(), y.numel()
-                if dist.active:  # the step's loss and accuracy over every rank (one small all-reduce): all
-                    # ranks then agree on whether the loss is finite, and the logs show the global batch
-                    total, hits, n = dist.sum([value * n, hits, n], device)
-                    value = total / n
-            except (torch.OutOfMemoryError, RuntimeError) as e:
-                if not _out_of_memory(e):
-                    raise
-                if progress:
-                    progress.stop()
-                raise CnnlabError(f"a batch of {recipe.batch_size} images of {cfg.model} does not fit in "
-                                  f"{device.type.upper()} memory; lower --batch-size") from None
-            if not math.isfinite(value):
-                if progress:
-                    progress.stop()
-                raise CnnlabError(
-                    f"the loss became {value} at epoch {epoch + 1}, step {i + 1}; training stopped. Lower --lr "
-                    f"(now {recipe.lr}) and resume from {run_dir / 'last.pt'} or start again; the last good "
-                    f"checkpoint is kept" if (run_dir / "last.pt").exists() else
-                    f"the loss became {value} at epoch {epoch + 1}, step {i + 1}; training stopped before any "
-                    f"checkpoint. Lower --lr (now {recipe.lr}) and start again")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if recipe.clip_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            seen += int(n)
-            loss_sum += value * n
-            correct += int(hits)
-            ips = seen / max(1e-9, time.time() - t0)
-            if progress:
-                progress.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen, ips=ips)
-            if cfg.log_every and step % cfg.log_every == 0:
-                log({"kind": "step", "epoch": epoch + 1, "step": step, "loss": value, "lr": lr, "images_per_s": ips})
-        train_seconds = time.time() - t0
-        ev = evaluate_loader(model, eval_loader, device, autocast, dist, dtype, recipe.logit_scale)
-        record = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": loss_sum / seen,
-                  "train_top1": 100.0 * correct / seen, "eval_split": eval_name, "eval_loss": ev["loss"],
-                  "eval_top1": ev["top1"], "eval_top5": ev["top5"], "lr": lr, "seconds": train_seconds,
-                  "images_per_s": seen / train_seconds, "elapsed": time.time() - started}
-        if progress:
-            progress.remove_task(task)
-        if recipe.schedule == "plateau":
-            if ev["top1"] > plateau["best"]:
-                plateau["best"], plateau["bad"] = ev["top1"], 0
-            else:
-                plateau["bad"] += 1
-                if plateau["bad"] >= recipe.patience:
-                    plateau["factor"] *= recipe.gamma
-                    plateau["bad"] = 0
-        history.append(record)
-        log(record)
-        is_best = ev["top1"] > best_top1
-        best_top1 = max(best_top1, ev["top1"])
-        if dist.main:
-            state = checkpoint_state(epoch + 1)
-            save_checkpoint(state, run_dir / "last.pt")
-            if is_best:
-                save_checkpoint(state, run_dir / "best.pt")
-        final = record
-        say(f"epoch {epoch + 1:>3}/{recipe.epochs}  train loss {record['train_loss']:.4f} "
-            f"acc {record['train_top1']:.2f}%  {eval_name} loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}% "
-            f"top-5 {ev['top5']:.2f}%  {record['images_per_s']:,.0f} img/s  {train_seconds:.1f}s")
-        if dist.main:
-            write_curves(history, run_dir / "curves.png")
-    if progress:
-        progress.stop()
-    seconds = time.time() - started
-    if dist.main:
-        write_summary(run_dir, resolved, history, best_top1, seconds)
-    dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written everything
-    say(f"done: best {eval_name} top-1 {best_top1:.2f}% in {seconds:.1f}s; run folder {run_dir}")
-    return RunResult(run_dir, recipe.epochs, best_top1, final, seconds, dist.rank)
+class _NotFinite(Exception):
+    def __init__(self, value: float):
+        self.value = value
+
+
+class _stopping:
+    """Around a training step: the progress bar stops before a step's failure becomes a sentence (out of
+    memory: lower the batch; a loss that is not finite: lower the learning rate, resume or start again)."""
+
+    def __init__(self, progress, recipe: Recipe, t: Training, epoch: int, i: int, folder: RunFolder):
+        self.progress, self.recipe, self.t, self.epoch, self.i, self.folder = progress, recipe, t, epoch, i, folder
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if e is None:
+            return False
+        memory = isinstance(e, (torch.OutOfMemoryError, RuntimeError)) and _out_of_memory(e)
+        if not (memory or isinstance(e, _NotFinite)):
+            return False
+        if self.progress:
+            self.progress.stop()
+        r, where = self.recipe, f"epoch {self.epoch + 1}, step {self.i + 1}"
+        if memory:
+            raise CnnlabError(f"a batch of {r.batch_size} images of {self.t.name} does not fit in "
+                              f"{self.t.platform.device.type.upper()} memory; lower `batch_size`",
+                              params=("batch_size",)) from None
+        if self.folder.last.exists():
+            raise CnnlabError(f"the loss became {e.value} at {where}; training stopped. Lower `lr` (now {r.lr}) and "
+                              f"resume from {self.folder.last} or start again; the last good checkpoint is kept",
+                              params=("lr",)) from None
+        raise CnnlabError(f"the loss became {e.value} at {where}; training stopped before any checkpoint. Lower "
+                          f"`lr` (now {r.lr}) and start again", params=("lr",)) from None
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -504,58 +435,9 @@ def _out_of_memory(e: BaseException) -> bool:
         or "not enough memory" in text
 
 
-def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Keep only the lines up to ``epoch`` (a resumed run writes the rest again); drop a torn last line."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("epoch", 0) <= epoch:  # epoch lines and the step lines of completed epochs
-            kept.append(line)
-    atomic_write_text(path, "".join(k + "\n" for k in kept))
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-
-def write_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    a.plot(epochs, [h["eval_loss"] for h in history], "o-", label=history[-1]["eval_split"])
-    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
-    b.plot(epochs, [h["train_top1"] for h in history], "o-", label="train top-1")
-    b.plot(epochs, [h["eval_top1"] for h in history], "o-", label=f"{history[-1]['eval_split']} top-1")
-    b.set_xlabel("epoch"), b.set_ylabel("accuracy %"), b.legend(), b.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
-
-
-def write_summary(run_dir: Path, cfg: dict, history: list[dict], best: float, seconds: float) -> None:
-    last = history[-1] if history else {}
-    ips = [h["images_per_s"] for h in history]
-    lines = [
-        f"# {cfg['model']} on {cfg['data']}", "",
-        f"- recipe: {cfg['recipe']} ({cfg['recipe_settings']['source']})",
-        f"- {len(history)} epochs, batch {cfg['recipe_settings']['batch_size']}, "
-        f"{cfg['recipe_settings']['optimizer']} lr {cfg['recipe_settings']['lr']}, {cfg['precision']}"
-        f"{' channels-last' if cfg['channels_last'] else ''}, seed {cfg['seed']}",
-        f"- final {last.get('eval_split', 'eval')} top-1 {last.get('eval_top1', float('nan')):.2f}%, "
-        f"top-5 {last.get('eval_top5', float('nan')):.2f}%; best top-1 {best:.2f}%",
-        f"- training speed: median {sorted(ips)[len(ips) // 2] if ips else 0:,.0f} images/s; "
-        f"wall time {seconds:.1f} s (this process)",
-        f"- hardware: {cfg['hardware']['device']}, {cfg['hardware']['cpu_count']} CPUs, "
-        f"torch {cfg['versions']['torch']}",
-        "", "| epoch | train loss | train top-1 | eval loss | eval top-1 | eval top-5 | img/s |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for h in history:
-        lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_top1']:.2f} | {h['eval_loss']:.4f} | "
-                     f"{h['eval_top1']:.2f} | {h['eval_top5']:.2f} | {h['images_per_s']:,.0f} |")
-    atomic_write_text(run_dir / "summary.md", "\n".join(lines) + "\n")
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2f}%  "
+                               "{task.fields[ips]:,.0f} img/s"), TimeRemainingColumn(), transient=True)

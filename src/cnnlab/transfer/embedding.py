@@ -3,48 +3,44 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cnnlab.data.view import open_data
 from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_open
-from cnnlab.train.evaluate import model_from_checkpoint
+from cnnlab.runs import open_run
 from cnnlab.transfer.weights import embed
 
 
 def embed_dataset(checkpoint: str, out: str, data: str | None = None, split: str = "test", data_dir=None,
                   batch_size: int = 256) -> Path:
     """Write ``out`` (.npz): ``features`` (N x D float32, the input of the main classifier head),
-    ``labels`` (N), ``classes``. Images are preprocessed as the run evaluated them."""
-    from cnnlab.data.memory import Augment, MemoryLoader, load
-
-    model, state = model_from_checkpoint(checkpoint)
-    data = data or state["data"]
-    if data.startswith("folder:"):
-        from cnnlab.data.folder import folder_loader, run_folder_datasets
-
-        train, evald, classes, _ = run_folder_datasets(state, data, augment_train=False)
-        loader = folder_loader(train if split == "train" else evald, batch_size, False, 0)
-    else:
-        ds = load(data, split, data_dir)
-        if ds.channels != state["in_chans"]:
-            raise CnnlabError(f"{data} has {ds.channels}-channel images but the model takes "
-                              f"{state['in_chans']}; embed a dataset like the one it was trained on")
-        classes = ds.classes
-        loader = MemoryLoader(ds, batch_size, False, Augment(**state["recipe"]["augment"]))
+    ``labels`` (N), ``classes``. Images are preprocessed as the run evaluated them (training images too:
+    no augmentation)."""
+    run = open_run(checkpoint)
+    view = run.info.view.with_data(data)
+    if view.is_folder:  # the run's own split of the folder: its training images, or its evaluation images
+        split = "train" if split == "train" else "val"
+    else:  # the whole official split
+        view = replace(view, val_split=None, train_limit=None)
+    images = open_data(view, split, batch_size=batch_size, data_dir=data_dir)
+    if images.channels != view.channels:
+        raise CnnlabError(f"{view.data} has {images.channels}-channel images but the model takes "
+                          f"{view.channels}; embed a dataset like the one it was trained on")
     labels = []
 
-    def images():
-        for x, y in loader:
+    def batches():
+        for x, y in images.loader:
             labels.append(y)
             yield x
 
-    features = embed(model, state["model_name"], images(), **state.get("model_options", {}))
+    features = embed(run.model, run.info.model, batches(), **run.info.model_options)
     buf = io.BytesIO()
-    np.savez(buf, features=features, labels=torch.cat(labels).numpy(),
-             classes=np.array(list(classes)))
+    np.savez(buf, features=features, labels=torch.cat(labels).numpy(), classes=np.array(images.classes))
     path = Path(out)
     with atomic_open(path, "wb") as f:
         f.write(buf.getvalue())

@@ -93,14 +93,17 @@ def _read_source(name: str, source: str) -> tuple[dict, str]:
     if not path.exists():
         raise CnnlabError(f"no weights at {source!r}: give a cnnlab run folder or checkpoint, a state_dict file, "
                           f"or a torchvision weights name such as IMAGENET1K_V1")
-    from cnnlab.train.checkpoint import FORMAT, resolve, safe_load
+    from cnnlab.fileio import load_torch
+    from cnnlab.runs import as_checkpoint, resolve
 
     file = resolve(path)
-    obj = safe_load(file, "weights file")
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        if obj["model_name"] != name:
-            raise CnnlabError(f"{file} holds a {obj['model_name']}, not a {name}; pass --model {obj['model_name']}")
-        return obj["model"], str(file)
+    obj = load_torch(file, "weights file")
+    ckpt = as_checkpoint(obj, file)
+    if ckpt is not None:
+        trained = ckpt["info"].model
+        if trained != name:
+            raise CnnlabError(f"{file} holds a {trained}, not a {name}; pass --model {trained}")
+        return ckpt["model"], str(file)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -4,29 +4,23 @@ images) and ensembles (softmax averaged over several checkpoints)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from cnnlab.data.view import OpenedData, load_image, open_data
 from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_savefig
-from cnnlab.models.registry import create_model
-from cnnlab.train.checkpoint import load_checkpoint, resolve
+from cnnlab.runs import open_run
 
 
-def model_from_checkpoint(path) -> tuple[torch.nn.Module, dict]:
-    state = load_checkpoint(path)
-    model = create_model(state["model_name"], num_classes=state["num_classes"], in_chans=state["in_chans"],
-                         **state.get("model_options", {}))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CnnlabError(f"{resolve(path)} does not fit {state['model_name']} with {state['num_classes']} classes "
-                          f"({str(e).splitlines()[0]})") from None
-    return model.eval(), state
+def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int = 5) -> tuple[int, int]:
+    """How many of the labels ``y`` are the top-1 class, and how many among the top ``k`` (fewer with
+    fewer classes)."""
+    top = logits.topk(min(k, logits.shape[1]), 1).indices
+    return int((top[:, 0] == y).sum()), int((top == y[:, None]).any(1).sum())
 
 
 def ten_crops(x: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -65,9 +59,9 @@ def _score(models, batches, tta: str | None, size: int, k: int) -> tuple[torch.T
     confusion = torch.zeros(k, k, dtype=torch.long)
     top5 = 0
     for x, y in batches:
-        top = probabilities(models, x, tta, size).topk(min(5, k), 1).indices
-        top5 += int((top == y[:, None]).any(1).sum())
-        confusion += torch.bincount(y * k + top[:, 0], minlength=k * k).view(k, k)
+        p = probabilities(models, x, tta, size)
+        top5 += topk_correct(p, y)[1]
+        confusion += torch.bincount(y * k + p.argmax(1), minlength=k * k).view(k, k)
     return confusion, top5
 
 
@@ -141,89 +135,55 @@ def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = 
              batch_size: int = 256, split: str | None = None) -> EvalReport:
     """Score checkpoints (an ensemble averages their softmax) on the split they were evaluated on in
     training, or on ``split`` ("test") if given; image folders use their own evaluation split."""
-    from cnnlab.data.memory import Augment, MemoryLoader, load, preprocess
-    from cnnlab.train.platform import keep_freed_memory
+    from cnnlab.platform import keep_freed_memory
 
     keep_freed_memory()
     if not checkpoints:
         raise CnnlabError("give at least one run folder or checkpoint to evaluate")
-    pairs = [model_from_checkpoint(p) for p in checkpoints]
-    models = [m for m, _ in pairs]
-    state = pairs[0][1]
-    for _, s in pairs[1:]:
-        if s["classes"] != state["classes"]:
-            raise CnnlabError("the checkpoints of an ensemble must be trained on the same classes")
-    data = data or state["data"]
-    aug = Augment(**state["recipe"]["augment"])
-    if data.startswith("folder:"):
-        return _evaluate_folder(models, state, data, tta, batch_size)
-    split = split or state.get("eval_split", "test")
-    ds = load(data, "test" if split == "test" else "train", data_dir)
-    if split == "val":
-        from cnnlab.data.memory import split_train_val
-        _, ds = split_train_val(ds, state["recipe"]["val_split"], state["config"]["seed"])
-    if ds.classes != state["classes"]:
-        raise CnnlabError(f"{data} has other classes than the checkpoint was trained on")
-    loader = MemoryLoader(ds, batch_size, False, aug)
-    size = ds.images.shape[-1] if not aug.pad_to else max(aug.pad_to, ds.images.shape[-1])
-    pad = aug.crop_pad or 4  # ten crops of the image padded with black, as the training crops are
+    runs = [open_run(p) for p in checkpoints]
+    info = runs[0].info
+    if any(r.info.classes != info.classes for r in runs[1:]):
+        raise CnnlabError("the checkpoints of an ensemble must be trained on the same classes")
+    view = info.view.with_data(data)
+    # ten crops of a folder's images come from the resized square (size / 0.875), not from a centre crop
+    opened = open_data(view, split or info.eval_split, batch_size=batch_size, data_dir=data_dir,
+                       crops10=tta == "crops10")
+    if opened.classes != list(info.classes):
+        raise CnnlabError(f"{view.data} has other classes than the checkpoint was trained on")
+    models = [r.model for r in runs]
+    if view.is_folder:
+        batches, size = opened.loader, view.size
+    else:
+        batches, size = _memory_views(opened, tta)
+    confusion, top5 = _score(models, batches, tta, size, len(opened.classes))
+    return EvalReport(opened.classes, confusion, top5, opened.split, tta, len(models))
+
+
+def _memory_views(opened: OpenedData, tta: str | None):
+    """In-memory batches, and the size the network sees; for ten crops each image padded with black, as the
+    training crops are, so that the crops are translations of it."""
+    from cnnlab.data.memory import preprocess
+
+    ds, pad_to = opened.dataset, opened.view.pad_to
+    size = ds.images.shape[-1] if not pad_to else max(pad_to, ds.images.shape[-1])
+    pad = opened.view.augment.get("crop_pad") or 4
     black = preprocess(torch.zeros(1, ds.channels, 1, 1, dtype=torch.uint8), ds.mean, ds.std)
 
     def batches():
-        for x, y in loader:
+        for x, y in opened.loader:
             yield (F.pad(x - black, (pad,) * 4) + black if tta == "crops10" else x), y
 
-    confusion, top5 = _score(models, batches(), tta, size, len(ds.classes))
-    return EvalReport(list(ds.classes), confusion, top5, ds.split, tta, len(models))
-
-
-def _evaluate_folder(models, state, data, tta, batch_size) -> EvalReport:
-    from cnnlab.data.folder import folder_loader, run_folder_datasets
-
-    size = state["input_size"][1]
-    # ten crops come from the resized image (size / 0.875), not from a centre crop
-    _, evald, classes, split = run_folder_datasets(state, data, crops10=tta == "crops10")
-    confusion, top5 = _score(models, folder_loader(evald, batch_size, False, 0), tta, size, len(classes))
-    return EvalReport(classes, confusion, top5, split, tta, len(models))
-
-
-def load_image(path, state: dict) -> torch.Tensor:
-    """An image file as the network of ``state`` (a checkpoint's) sees it: 1 x C x H x W, preprocessed as
-    its evaluation data are (resized to the dataset's size and padded, or the folder protocol's centre crop)."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2 import functional as TF
-
-    from cnnlab.data.memory import pad_to, preprocess
-
-    if not Path(path).is_file():
-        raise CnnlabError(f"image {path} does not exist")
-    try:
-        img = decode_image(str(path), mode=ImageReadMode.GRAY if state["in_chans"] == 1 else ImageReadMode.RGB)
-    except Exception as e:  # noqa: BLE001 - any decoder failure means the file is not a readable image
-        text = str(e)
-        if "Unsupported image file" in text:
-            why = "it is none of JPEG, PNG, WebP or GIF"
-        else:  # keep the decoder's own words, without its C++ source location
-            why = re.sub(r"^.*?\.cpp:\d+,\s*", "", text.splitlines()[0] if text else "unreadable")[:200]
-        raise CnnlabError(f"{path} is not an image torchvision can read: {why}") from None
-    data = state["data"]
-    if data.startswith("folder:"):
-        from cnnlab.data.folder import transforms
-        return transforms(state["input_size"][1], False, state["in_chans"])(img)[None]
-    from cnnlab.data.sources import spec
-    s = spec(data)
-    img = TF.resize(img, [s.size, s.size], antialias=True)
-    return preprocess(pad_to(img[None], state["recipe"]["augment"]["pad_to"]), s.mean, s.std)
+    return batches(), size
 
 
 def predict(checkpoint: str, images: list[str], k: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
     """Top-k classes with probabilities for image files."""
-    model, state = model_from_checkpoint(checkpoint)
+    run = open_run(checkpoint)
     out = []
     for path in images:
-        x = load_image(path, state)
+        x = load_image(path, run.info.view)
         with torch.no_grad():
-            p = F.softmax(model(x).float(), 1)[0]
+            p = F.softmax(run.model(x).float(), 1)[0]
         top = p.topk(min(k, p.numel()))
-        out.append((str(path), [(state["classes"][i], float(v)) for v, i in zip(top.values, top.indices)]))
+        out.append((str(path), [(run.info.classes[i], float(v)) for v, i in zip(top.values, top.indices)]))
     return out

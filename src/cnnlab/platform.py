@@ -10,6 +10,8 @@ import os
 import platform
 import sys
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +20,58 @@ from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_write_text
 
 
+@dataclass(frozen=True)
+class Platform:
+    """Where and how a run computes: the device, the precision ("fp32", "bf16", "fp16" autocast, or "fp64"
+    weights and inputs) and the memory layout."""
+
+    device: torch.device
+    precision: str
+    channels_last: bool
+
+    @classmethod
+    def choose(cls, device: str, precision: str, channels_last: bool | None, local_rank: int | None = None) -> Platform:
+        """The device and layout; the precision is settled by :meth:`for_network` once the network's cost is
+        known (the layout is needed before: on a CPU it does not depend on the precision, and on a GPU the
+        precision does not depend on the network). Checks ``precision`` early."""
+        dev = resolve_device(device)
+        if dev.type == "cuda" and local_rank is not None:  # data parallel: one GPU per process
+            dev = torch.device("cuda", local_rank)
+        early = resolve_precision(precision, dev, 0)
+        return cls(dev, precision, resolve_channels_last(channels_last, early, dev))
+
+    def for_network(self, macs_per_image: int, deterministic: bool = False) -> Platform:
+        auto = self.precision == "auto"
+        chosen = "fp32" if deterministic and auto else resolve_precision(self.precision, self.device, macs_per_image)
+        return replace(self, precision=chosen)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype inputs and weights are cast to (fp64 only; autocast handles bf16/fp16)."""
+        return torch.float64 if self.precision == "fp64" else None
+
+    def autocast(self):
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=amp) if amp else nullcontext()
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        if self.dtype:
+            model = model.to(self.dtype)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def describe(self) -> str:
+        return f"{self.precision}{' channels-last' if self.channels_last else ''} on {self.device}"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda"):
-        raise CnnlabError(f"--device must be cpu, cuda or auto, got {name!r}")
+        raise CnnlabError(f"`device` must be cpu, cuda or auto, got {name!r}", params=("device",))
     if name == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        raise CnnlabError("`device` cuda was asked for but no CUDA GPU is visible; use `device` cpu",
+                          params=("device",))
     return torch.device(name)
 
 
@@ -56,10 +103,11 @@ def resolve_precision(precision: str, device: torch.device, macs_per_image: int)
     AVX-512-bf16 CPU without AMX and at 1.7-2.1x on another (vgg_cifar, resnet20); LeNet-5 stays in fp32
     everywhere."""
     if precision not in ("auto", "fp32", "bf16", "fp16", "fp64"):
-        raise CnnlabError(f"--precision must be fp32, bf16, fp16, fp64 or auto, got {precision!r}")
+        raise CnnlabError(f"`precision` must be fp32, bf16, fp16, fp64 or auto, got {precision!r}",
+                          params=("precision",))
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
-            raise CnnlabError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
+            raise CnnlabError("`precision` fp16 needs a GPU; on CPU use bf16 or fp32", params=("precision",))
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

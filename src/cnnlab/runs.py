@@ -1,0 +1,190 @@
+"""The typed run: what a run folder holds, and one way to open it.
+
+A run folder (written by ``cnnlab train``)::
+
+    config.json    every resolved setting, versions, hardware
+    metrics.jsonl  one line per epoch, and one every ``log_every`` steps
+    curves.png     loss and accuracy, training and evaluation
+    last.pt        the latest checkpoint; best.pt: the one with the best evaluation accuracy
+    summary.md     what was trained, on what, how well and how fast
+
+A checkpoint holds a :class:`RunInfo` (what was trained, on which images, prepared how: plain data), the
+model's weights, and the training state a resumed run needs (optimiser, schedule, epoch, step, RNG, history).
+Everything that opens a finished run (evaluation, pictures, transfer, fidelity) asks :func:`open_run` for a
+:class:`Run`; nothing else reads checkpoint keys. Checkpoints are loaded with ``torch.load(weights_only=True)``:
+opening one never runs code from it. Those written before :class:`RunInfo` existed (format 1) still open.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from cnnlab.data.view import DataView
+from cnnlab.errors import CnnlabError
+from cnnlab.fileio import atomic_save, load_torch
+
+FORMAT = "cnnlab-checkpoint-2"
+FORMAT_1 = "cnnlab-checkpoint-1"  # model name, classes, data, recipe, ... as top-level keys
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run trained, on which images, prepared how."""
+
+    model: str
+    classes: tuple[str, ...]
+    in_chans: int
+    input_size: tuple[int, int, int]  # the model card's C x H x W (image folders are resized to it)
+    data: str  # "mnist", ..., or "folder:PATH"
+    model_options: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)  # the recipe's settings as trained (Recipe.as_dict)
+    eval_split: str = "test"  # what the run evaluated on while training: "test" or "val"
+    seed: int = 0
+    precision: str = "fp32"
+    train_limit: int | None = None
+    config: dict = field(default_factory=dict)  # the training configuration as given (for --resume)
+    untrained: bool = False  # a registered model's initial weights, not a run
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def view(self) -> DataView:
+        """The images the run saw, prepared as its network reads them."""
+        augment = dict(self.recipe.get("augment") or {})
+        if self.untrained:  # smaller images (MNIST's 28x28 for LeNet-5's 32x32) centred on the input size
+            augment["pad_to"] = self.input_size[-1]
+        return DataView(self.data, self.in_chans, self.input_size[1], augment, self.recipe.get("val_split") or None,
+                        self.seed, self.train_limit)
+
+    def build(self, **kwargs):
+        """The run's architecture with fresh weights (``kwargs``: e.g. nothing, or under a meta device)."""
+        from cnnlab.models.registry import create_model
+
+        return create_model(self.model, num_classes=self.num_classes, in_chans=self.in_chans,
+                            **self.model_options, **kwargs)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["classes"], d["input_size"] = list(self.classes), list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunInfo:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        return cls(**{**d, "classes": tuple(d["classes"]), "input_size": tuple(d["input_size"])})
+
+    @classmethod
+    def untrained_model(cls, name: str) -> RunInfo:
+        """A registered model as built, before training: its card's classes and input, image-folder
+        preprocessing (resize, centre crop, ImageNet normalisation)."""
+        from cnnlab.models.registry import model_card
+
+        card = model_card(name)
+        return cls(name, tuple(str(i) for i in range(card.num_classes)), card.input_size[0],
+                   tuple(card.input_size), "folder:", untrained=True)
+
+    @classmethod
+    def from_format_1(cls, state: dict) -> RunInfo:
+        config = state.get("config") or {}
+        return cls(state["model_name"], tuple(state["classes"]), state["in_chans"], tuple(state["input_size"]),
+                   state["data"], dict(state.get("model_options") or {}), dict(state.get("recipe") or {}),
+                   state.get("eval_split", "test"), config.get("seed", 0), state.get("precision", "fp32"),
+                   config.get("train_limit"), dict(config))
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A run folder (its last.pt) or a checkpoint file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "last.pt"
+    if not p.is_file():
+        raise CnnlabError(f"no checkpoint at {p}; give a run folder (with last.pt) or a .pt file")
+    return p
+
+
+def save_checkpoint(path: Path, info: RunInfo, model_state: dict, training: dict) -> None:
+    """Atomically: a kill at any moment leaves the previous checkpoint or this one, never half of either."""
+    atomic_save({"format": FORMAT, "info": info.as_dict(), "model": model_state, **training}, path)
+
+
+def as_checkpoint(obj, where) -> dict | None:
+    """A loaded object as a checkpoint of the current format (format 1 converted), or None if it is none."""
+    if not isinstance(obj, dict) or obj.get("format") not in (FORMAT, FORMAT_1):
+        return None
+    try:
+        if obj["format"] == FORMAT_1:
+            old = {"model_name", "model_options", "num_classes", "in_chans", "input_size", "classes", "data",
+                   "config", "recipe", "eval_split", "precision"}
+            info = RunInfo.from_format_1(obj)
+            obj = {k: v for k, v in obj.items() if k not in old}
+            obj["schedule"] = {"plateau": obj.pop("plateau", None)}
+        else:
+            info = RunInfo.from_dict(obj["info"])
+        if "model" not in obj:
+            raise KeyError("model")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CnnlabError(f"{where} is a cnnlab checkpoint with parts missing ({type(e).__name__}: {e}); it was "
+                          f"not written by cnnlab train, or was edited; train again or use another checkpoint") \
+            from None
+    return {**obj, "format": FORMAT, "info": info}
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The checkpoint of a run folder or file: ``info`` (a :class:`RunInfo`), ``model`` (its state_dict) and
+    the training state (``optimizer``, ``scaler``, ``schedule``, ``epoch``, ``step``, ``best_top1``,
+    ``history``, ``rng``)."""
+    p = resolve(path)
+    ckpt = as_checkpoint(load_torch(p, "checkpoint", map_location), p)
+    if ckpt is None:
+        raise CnnlabError(f"{p} is not a cnnlab checkpoint (it has no {FORMAT!r} marker)")
+    return ckpt
+
+
+@dataclass
+class Run:
+    """An opened run: its trained model (in eval mode), what it is, how it went, where it lies."""
+
+    model: object  # torch.nn.Module
+    info: RunInfo
+    history: list[dict]  # one record per epoch, as in metrics.jsonl
+    checkpoint: Path | None  # the file the weights came from
+    folder: Path | None  # the run folder, if the checkpoint lies in one
+
+    @property
+    def name(self) -> str:
+        return self.info.model + (" (untrained)" if self.info.untrained else "")
+
+
+def open_run(path: str | os.PathLike) -> Run:
+    """A run folder (its last.pt) or a checkpoint file, opened: the model with the trained weights."""
+    ckpt = load_checkpoint(path)
+    info, file = ckpt["info"], resolve(path)
+    model = info.build()
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CnnlabError(f"{file} does not fit {info.model} with {info.num_classes} classes "
+                          f"({str(e).splitlines()[0]})") from None
+    folder = file.parent if (file.parent / "config.json").is_file() else None
+    return Run(model.eval(), info, list(ckpt.get("history") or []), file, folder)
+
+
+def open_model(source: str) -> Run:
+    """A run folder or checkpoint, or a registered model's name: its initial weights (seed 0), to see what a
+    network looks like before training."""
+    import torch
+
+    from cnnlab.models.registry import list_models
+
+    if not Path(source).expanduser().exists() and source in list_models():
+        info = RunInfo.untrained_model(source)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = info.build().eval()
+        return Run(model, info, [], None, None)
+    return open_run(source)
