@@ -253,3 +253,17 @@ class MemoryLoader:
                 x, y = x[self.rank::self.world], y[self.rank::self.world]
             yield self.normalise(x), y.to(self.device, non_blocking=True)
         self.start_batch = 0
+
+
+def prepare(names: list[str] | None = None, data_dir=None) -> str:
+    """Download what is missing of the datasets ``names`` (default: those present), check and decode every
+    split; returns one line per dataset with the images of each split (``cnnlab data prepare``)."""
+    from cnnlab.data.sources import present
+
+    lines = []
+    for name in names or present(data_dir):
+        s = spec(name)
+        require(s, data_dir, download=True)
+        sizes = [f"{split} {len(load(name, split, data_dir)):,}" for split in s.files]
+        lines.append(f"{name:<14} ready: {', '.join(sizes)} images")
+    return "\n".join(lines) + "\n"

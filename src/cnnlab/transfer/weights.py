@@ -231,3 +231,18 @@ def embed(model: nn.Module, name: str, images, batch_size: int = 256, **options)
         handle.remove()
         model.train(was)
     return torch.cat(captured).float().numpy()
+
+
+def source_model(source: str) -> str:
+    """The architecture of the cnnlab run folder or checkpoint ``source`` (the model to build when the caller
+    names none); other weights do not say which architecture they are for."""
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    if not Path(source).expanduser().exists():
+        raise CnnlabError(f"pretrained {source} is not a file or run folder; for torchvision weights name the "
+                          f"architecture with model", params=("pretrained", "model"))
+    try:
+        return load_checkpoint(source)["model_name"]
+    except CnnlabError:
+        raise CnnlabError(f"{source} is not a cnnlab checkpoint, so name its architecture with model",
+                          params=("model",)) from None
