@@ -214,7 +214,8 @@ def default_recipe(model: str) -> Recipe | None:
 def recipe_for(model: str) -> Recipe:
     recipe = default_recipe(model)
     if recipe is None:
-        raise CnnlabError(f"no recipe is the default for {model!r}; pick one with --recipe ({', '.join(RECIPES)})")
+        raise CnnlabError(f"no recipe is the default for {model!r}; pick one with recipe ({', '.join(RECIPES)})",
+                          params=("recipe",))
     return recipe
 
 

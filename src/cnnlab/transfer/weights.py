@@ -99,7 +99,8 @@ def _read_source(name: str, source: str) -> tuple[dict, str]:
     obj = safe_load(file, "weights file")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj["model_name"] != name:
-            raise CnnlabError(f"{file} holds a {obj['model_name']}, not a {name}; pass --model {obj['model_name']}")
+            raise CnnlabError(f"{file} holds a {obj['model_name']}, not a {name}; pass model {obj['model_name']}",
+                              params=("model",))
         return obj["model"], str(file)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -175,7 +176,7 @@ def freeze_backbone(model: nn.Module, head_names: list[str], unfreeze: int = 0) 
     eval mode (BatchNorm statistics fixed, no dropout) even when the model is put in training mode.
     Returns the names of the trainable modules."""
     if unfreeze < 0:
-        raise CnnlabError(f"--unfreeze must be 0 or more, got {unfreeze}")
+        raise CnnlabError(f"unfreeze must be 0 or more, got {unfreeze}", params=("unfreeze",))
     heads_set = set(head_names)
     blocks = [(n, m) for n, m in _blocks(model)
               if n not in heads_set and not any(h == n or h.startswith(n + ".") for h in heads_set)]
