@@ -88,6 +88,9 @@ def test_fidelity_command(capsys):
     (["calc", "conv", "--input", "5x5x3", "--filters", "-2", "--kernel", "3"], "must be 1 or more"),
     (["calc", "rf", "banana"], "not understood"),
     (["calc"], "say what to calculate"),
+    (["data"], "say what to do: `cnnlab data list`"),
+    (["visualize"], "say what to draw"),
+    (["explain"], "say what to explain"),
     (["fidelity", "nin"], "no published figures"),
     (["models", "zzz"], "no model matches"),
 ])
@@ -151,3 +154,24 @@ def test_paths_that_cannot_be_written_are_one_sentence(tmp_path, capsys, monkeyp
         fileio.atomic_write_text(tmp_path / "out.txt", "x")
     assert e.value.filename == str(tmp_path / "out.txt")  # the file asked for, not the temporary one
     assert not any(p.name.startswith(".out.txt") for p in tmp_path.iterdir())
+
+
+def test_a_python_caller_reads_the_parameter_and_the_command_line_the_flag(capsys):
+    """One mistake, said to each in its own words: the library names the parameter passed, the CLI its flag."""
+    from cnnlab.cli import flag
+    from cnnlab.errors import CnnlabError
+    from cnnlab.models.registry import coerce_model_options
+    from cnnlab.train.config import TrainConfig
+    from cnnlab.train.distributed import check_launch
+
+    with pytest.raises(CnnlabError, match=r"^data-parallel training needs out \(or resume\): every worker"):
+        check_launch(2, TrainConfig(model="lenet5"))
+    code, _, err = run(capsys, "train", "lenet5", "--nproc", "2")
+    assert code == 2 and err.startswith("cnnlab: error: data-parallel training needs --out (or --resume): every")
+    with pytest.raises(CnnlabError, match=r"^model_options 'shortcut' is not KEY=VALUE, e.g. model_options "):
+        coerce_model_options("resnet20", ["shortcut"])
+    code, _, err = run(capsys, "summary", "resnet20", "--model-option", "shortcut")
+    assert code == 2 and err == ("cnnlab: error: --model-option 'shortcut' is not KEY=VALUE, e.g. --model-option "
+                                 "drop_path_rate=0.2\n")
+    assert [flag(p) for p in ("batch_size", "lr", "pretrained", "transfer", "model_options")] == \
+        ["--batch-size", "--lr", "--from", "--mode", "--model-option"]

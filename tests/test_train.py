@@ -497,7 +497,7 @@ def test_resume_refuses_flags_that_would_change_the_run(reference_run, tmp_path,
     assert main(["train", "lenet5_modern", "--resume", str(ref), "--data", "fashion_mnist", "--lr", "0.1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cnnlab: error: --data, --lr cannot change a run being resumed: it goes on with its own "
-                          "settings") and "cnnlab transfer --from RUN" in err
+                          "settings") and "may change only --epochs, --device, --out, --quiet, --data-dir" in err
     assert (ref / "last.pt").read_bytes() == before  # refused before anything was touched
     assert main(["train", "lenet5", "--nproc", "2", "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "--device cuda was asked for but no CUDA GPU is visible" in capsys.readouterr().err

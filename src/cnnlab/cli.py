@@ -1,4 +1,8 @@
-"""The ``cnnlab`` command: argument parsing only; every command calls the library."""
+"""The ``cnnlab`` command: argument parsing only; every command calls the library.
+
+Each command is a function that declares its arguments and names its handler (``set_defaults(handler=...)``);
+a handler turns the arguments into one library call and returns the text to print. Library errors name the
+library's parameters; :func:`flag` says them as this command line's flags."""
 
 from __future__ import annotations
 
@@ -11,9 +15,14 @@ from cnnlab.errors import CnnlabError, CnnlabNote
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one sentence and exit code 2, like every other user mistake."""
+    """argparse, but a bad flag is one sentence and exit code 2, like every other user mistake. A command that
+    needs a sub-command (``calc conv``) and has none says ``missing``: what there is to choose."""
+
+    missing = ""
 
     def error(self, message: str):
+        if self.missing and message == "the following arguments are required: WHAT":
+            raise CnnlabError(self.missing)
         raise CnnlabError(f"{message} (see `{self.prog} --help`)")
 
 
@@ -49,17 +58,77 @@ def _fraction(text: str) -> float:
     return value
 
 
+
+# --- what the library's parameters are called on the command line ---------------------------------------------
+
+# A library error names the parameters a Python caller passed (``batch_size``); the command line says the flag it
+# took them as: ``--`` and the name with dashes, except for these.
+FLAG_NAMES = {"pretrained": "--from", "source": "--from", "transfer": "--mode", "model_options": "--model-option",
+              "layers": "--layer"}
+
+
+def flag(param: str) -> str:
+    """The flag of the library parameter ``param`` (``batch_size`` -> ``--batch-size``)."""
+    return FLAG_NAMES.get(param, "--" + param.replace("_", "-"))
+
+
+# --- the commands: each declares its arguments and names its handler ------------------------------------------
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cnnlab", description="Classic CNNs, faithful to the papers, with every number explained.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    p.subcommands = sub  # its .choices: the parser of each command
+    for declare in (models_command, card_command, summary_command, calc_command, train_command, transfer_command,
+                    embed_command, recipes_command, eval_command, predict_command, data_command,
+                    visualize_command, fidelity_command, explain_command, scratch_train_command):
+        declare(sub)
+    return p
 
+
+def _choose(parser: _Parser, missing: str):
+    """Sub-commands of ``parser``, one of which must be given; ``missing`` is the sentence when none is."""
+    parser.missing = missing
+    return parser.add_subparsers(dest="what", metavar="WHAT", required=True, parser_class=_Parser)
+
+
+def _option_flag(p) -> None:
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model option (repeatable), e.g. shortcut=A, drop_path_rate=0.2, head=linear; "
+                        "`cnnlab card MODEL` lists them")
+
+
+def _text_or_json(r, format: str) -> str:
+    return json.dumps(r.as_dict(), indent=2) + "\n" if format == "json" else r.text()
+
+
+def models_command(sub) -> None:
     m = sub.add_parser("models", help="list the models (params, default input, paper year)")
     m.add_argument("pattern", nargs="?", help="wildcard or substring, e.g. 'vgg*'")
+    m.set_defaults(handler=_models)
 
+
+def _models(args) -> str:
+    from cnnlab.models.cards import render_models
+
+    return render_models(args.pattern)
+
+
+def card_command(sub) -> None:
     c = sub.add_parser("card", help="a model's card: paper, input, published figures")
     c.add_argument("name")
+    c.set_defaults(handler=_card)
 
+
+def _card(args) -> str:
+    from cnnlab.models import model_card
+    from cnnlab.models.cards import render_card
+    from cnnlab.train.recipes import default_recipe
+    from cnnlab.visualize.layers import default_gradcam_layer
+
+    card = model_card(args.name)
+    return render_card(card, gradcam_layer=default_gradcam_layer(args.name), recipe=default_recipe(args.name))
+
+
+def summary_command(sub) -> None:
     s = sub.add_parser("summary", help="per-layer shapes, parameters, MACs, memory, receptive field")
     s.add_argument("name", help="a model name (see `cnnlab models`)")
     s.add_argument("--input", help="input size CxHxW, e.g. 3x224x224 (default: the paper's)")
@@ -67,10 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("table", "md", "csv", "json"), default="table")
     s.add_argument("--num-classes", type=_positive_int, help="classes of the output layer")
     _option_flag(s)
+    s.set_defaults(handler=_summary)
 
+
+def _summary(args) -> str:
+    from cnnlab.analysis.summary import summary
+    from cnnlab.models import model_card
+    from cnnlab.models.registry import coerce_model_options
+
+    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    kwargs.update(coerce_model_options(args.name, args.model_option))
+    text = summary(args.name, args.input, depth=args.depth, **kwargs).render(args.format, args.depth)
+    card = model_card(args.name)
+    if card.paper_table and args.format == "table" and not args.input and not kwargs:
+        text = text.rstrip("\n") + "\n\n" + card.paper_table() + "\n"
+    return text
+
+
+def calc_command(sub) -> None:
     calc = sub.add_parser("calc", help="convolution arithmetic: conv, pool, rf")
-    csub = calc.add_subparsers(dest="calc", metavar="WHAT", parser_class=_Parser)
-    cc = csub.add_parser("conv", help="output volume, parameters and MACs of one conv layer")
+    what = _choose(calc, "say what to calculate: `cnnlab calc conv`, `cnnlab calc pool` or `cnnlab calc rf`")
+    cc = what.add_parser("conv", help="output volume, parameters and MACs of one conv layer")
     cc.add_argument("--input", required=True, help="HxWxC, e.g. 227x227x3")
     cc.add_argument("--filters", type=_positive_int, required=True)
     cc.add_argument("--kernel", type=_positive_int, required=True)
@@ -78,265 +164,38 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--pad", type=_nonneg_int, default=0)
     cc.add_argument("--dilation", type=_positive_int, default=1)
     cc.add_argument("--groups", type=_positive_int, default=1)
-    cc.add_argument("--format", choices=("text", "json"), default="text")
-    cp = csub.add_parser("pool", help="output volume of one pooling layer")
+    cp = what.add_parser("pool", help="output volume of one pooling layer")
     cp.add_argument("--input", required=True, help="HxWxC, e.g. 55x55x96")
     cp.add_argument("--kernel", type=_positive_int, required=True)
     cp.add_argument("--stride", type=_positive_int, help="default: the window size")
     cp.add_argument("--pad", type=_nonneg_int, default=0)
     cp.add_argument("--ceil-mode", action="store_true", help="round the output size up, as Caffe did")
     cp.add_argument("--op", choices=("max", "avg"), default="max")
-    cp.add_argument("--format", choices=("text", "json"), default="text")
-    cr = csub.add_parser("rf", help="receptive field of a stack of layers, e.g. conv3 conv3 conv3")
+    cr = what.add_parser("rf", help="receptive field of a stack of layers, e.g. conv3 conv3 conv3")
     cr.add_argument("layers", nargs="+", help="conv<k>[s<stride>][p<pad>][d<dilation>][*<n>] or pool<k>...")
     cr.add_argument("--input", type=_positive_int, help="input width, to show each layer's output size")
-    cr.add_argument("--format", choices=("text", "json"), default="text")
-
-    t = sub.add_parser("train", help="train a model on real data with its paper's recipe")
-    t.add_argument("model", help="a model name (see `cnnlab models`)")
-    _train_flags(t)
-    t.add_argument("--resume", help="a run folder or checkpoint to continue")
-    t.add_argument("--nproc", type=_positive_int, metavar="N",
-                   help="train data-parallel in N processes on this machine (runs torchrun for you; "
-                        "--batch-size is the global batch); see docs/distributed.md")
-    t.add_argument("--max-restarts", type=_nonneg_int, default=0, metavar="K",
-                   help="with --nproc: restart the workers up to K times after a failure, from the last checkpoint")
-    t.add_argument("--sync-bn", action="store_true", help="data parallel on GPUs: BatchNorm over the global batch")
-
-    tr = sub.add_parser("transfer", help="reuse trained weights on new data: feature extraction or fine-tuning")
-    tr.add_argument("--from", dest="source", required=True, metavar="WEIGHTS",
-                    help="a cnnlab run folder or checkpoint, a state_dict file, or a torchvision weights name "
-                         "(IMAGENET1K_V1) for the torchvision-compatible models")
-    tr.add_argument("--model", help="the architecture (default: the checkpoint's)")
-    tr.add_argument("--mode", choices=("features", "finetune"), default="features",
-                    help="features: frozen backbone in eval mode, new head; finetune: the whole network")
-    tr.add_argument("--unfreeze", type=int, default=0, metavar="N", help="features: also train the last N blocks")
-    tr.add_argument("--lr-backbone", type=float, help="finetune: the backbone's learning rate (default lr / 10)")
-    _train_flags(tr)
-
-    em = sub.add_parser("embed", help="penultimate-layer features of every image of a dataset, with labels")
-    em.add_argument("checkpoint", help="a run folder or checkpoint")
-    em.add_argument("--data", help="the dataset (default: the run's)")
-    em.add_argument("--split", choices=("train", "test"), default="test")
-    em.add_argument("--out", required=True, help="an .npz file: features, labels, classes")
-    em.add_argument("--data-dir")
-
-    sub.add_parser("recipes", help="the training recipes, one per paper")
-
-    e = sub.add_parser("eval", help="top-1/top-5, per-class accuracy, confusion matrix of a trained run")
-    e.add_argument("checkpoint", help="a run folder or checkpoint")
-    e.add_argument("--data", help="evaluate on this dataset instead of the run's")
-    e.add_argument("--tta", choices=("flip", "crops10"), help="test-time augmentation")
-    e.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT", help="more checkpoints to average")
-    e.add_argument("--data-dir")
-    e.add_argument("--format", choices=("text", "json"), default="text")
-
-    pr = sub.add_parser("predict", help="top-5 classes of image files")
-    pr.add_argument("checkpoint")
-    pr.add_argument("images", nargs="+")
-
-    d = sub.add_parser("data", help="datasets: list, verify, prepare")
-    dsub = d.add_subparsers(dest="data_command", metavar="WHAT", parser_class=_Parser)
-    dl = dsub.add_parser("list", help="known datasets and whether their files are here")
-    dl.add_argument("--data-dir")
-    for name, what in (("verify", "check every file's MD5"), ("prepare", "download what is missing, then decode")):
-        dp = dsub.add_parser(name, help=what)
-        dp.add_argument("names", nargs="*", help="datasets (default: all present)")
-        dp.add_argument("--data-dir")
-
-    vis = sub.add_parser("visualize", help="what a network learned: filters, feature maps, top-9, saliency, Grad-CAM")
-    vsub = vis.add_subparsers(dest="visualize", metavar="WHAT", parser_class=_Parser)
-    ckpt = "a run folder, a checkpoint, or a model name (its untrained weights)"
-    vf = vsub.add_parser("filters", help="a layer's kernels as a grid of small images")
-    vf.add_argument("checkpoint", help=ckpt)
-    vf.add_argument("--layer", help="a convolution (default: the first); see `cnnlab summary MODEL`")
-    vfe = vsub.add_parser("features", help="the feature maps of one image")
-    vfe.add_argument("checkpoint", help=ckpt)
-    vfe.add_argument("image")
-    vfe.add_argument("--layer", nargs="+", dest="layers", metavar="NAME", help="default: up to four convolutions")
-    vt = vsub.add_parser("top9", help="the images that excite each channel most, cropped to its receptive field")
-    vt.add_argument("checkpoint", help=ckpt)
-    vt.add_argument("--layer", required=True)
-    vt.add_argument("--data", help="mnist, cifar10, ... or folder:PATH (default: the run's)")
-    vt.add_argument("--split", default="test", help="split of an in-memory dataset (default: test)")
-    vt.add_argument("--channels", nargs="+", type=_nonneg_int, metavar="C", help="default: the first 16")
-    vt.add_argument("--data-dir")
-    for name, what in (("saliency", "gradient of the class score w.r.t. the pixels (Simonyan et al.)"),
-                       ("gradcam", "Grad-CAM heat map over the image (Selvaraju et al.)")):
-        va = vsub.add_parser(name, help=what)
-        va.add_argument("checkpoint", help=ckpt)
-        va.add_argument("image")
-        va.add_argument("--target", metavar="CLASS", help="class index or name (default: the predicted class)")
-        if name == "gradcam":
-            va.add_argument("--layer", help="default: the architecture's last spatial layer")
-    for vp in (vf, vfe, vt, *[vsub.choices[n] for n in ("saliency", "gradcam")]):
-        vp.add_argument("--out", help="PNG file (default: COMMAND.png here)")
-
-    f = sub.add_parser("fidelity", help="our numbers beside the papers'")
-    f.add_argument("name", nargs="?", help="one model (default: all with published figures)")
-    f.add_argument("--run", metavar="RUN", help="a run folder or checkpoint: also measure its accuracy on the test "
-                   "set and set it beside the published one")
-    f.add_argument("--data-dir", help="where datasets live (default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab)")
-    f.add_argument("--format", choices=("table", "md", "json"), default="table")
-
-    arr = "rows 'a b c; d e f' (channels split by '|') or a .csv, .txt or .npy file"
-    ex = sub.add_parser("explain", help="worked examples that print every step: conv, pool, backprop, params")
-    exsub = ex.add_subparsers(dest="explain", metavar="WHAT", parser_class=_Parser)
-    xc = exsub.add_parser("conv", help="each output entry of a convolution as its products and their sum")
-    xc.add_argument("--example", choices=("5x5", "7x7x3"), default="5x5",
-                    help="the lecture's 5x5 binary image, or the 7x7x3 padded volume with two filters and stride 2")
-    xc.add_argument("--input", help=f"the input: {arr}")
-    xc.add_argument("--kernel", action="append", help="one filter, same forms (repeat for more filters)")
-    xc.add_argument("--bias", help="one number per filter, e.g. 1,0")
-    xc.add_argument("--stride", type=_positive_int)
-    xc.add_argument("--pad", type=_nonneg_int)
-    xpo = exsub.add_parser("pool", help="max- or average-pooling entry by entry, and as the matrix A")
-    xpo.add_argument("--input", help=f"one channel: {arr} (default: the lecture's 4x4)")
-    xpo.add_argument("--size", type=_positive_int, default=2)
-    xpo.add_argument("--stride", type=_positive_int, help="default: the window size")
-    xpo.add_argument("--op", choices=("max", "avg"), default="max")
-    xpo.add_argument("--grad", help="the upstream gradient dL/dy, one value per output entry")
-    xb = exsub.add_parser("backprop", help="a conv layer's backward pass: shared weights sum their gradients")
-    xb.add_argument("--input", help=f"one channel: {arr} (default: the lecture's 5x5 image)")
-    xb.add_argument("--kernel", help="one filter, same forms (default: the lecture's 3x3 X)")
-    xb.add_argument("--grad", help="the upstream gradient dL/do, one value per output entry")
-    xb.add_argument("--stride", type=_positive_int, default=1)
-    xb.add_argument("--pad", type=_nonneg_int, default=0)
-    xq = exsub.add_parser("params", help="7x7 vs three 3x3, the 1x1 bottleneck, inception multiply-adds")
-    xq.add_argument("--channels", type=_positive_int, default=64, help="C for the 7x7 against 3x3 comparison")
-
-    sc = sub.add_parser("scratch-train", help="train a LeNet-style network on MNIST with the NumPy engine alone")
-    sc.add_argument("--train-images", type=_positive_int, default=20_000, help="from a seeded shuffle of the 60,000")
-    sc.add_argument("--test-images", type=_positive_int, default=10_000, help="the first N of the 10,000 test images")
-    sc.add_argument("--epochs", type=_positive_int, default=3)
-    sc.add_argument("--batch-size", type=_positive_int, default=32)
-    sc.add_argument("--lr", type=_positive_float, default=0.02)
-    sc.add_argument("--seed", type=int, default=0)
-    sc.add_argument("--threads", type=_positive_int, default=1, help="NumPy BLAS threads (small products: 1 is best)")
-    sc.add_argument("--data-dir", help="a folder with the four MNIST .gz files (default: the copy inside cnnlab)")
-    return p
+    for p, handler in ((cc, _calc_conv), (cp, _calc_pool), (cr, _calc_rf)):
+        p.add_argument("--format", choices=("text", "json"), default="text")
+        p.set_defaults(handler=handler)
 
 
-def _models(args) -> str:
-    import torch
+def _calc_conv(args) -> str:
+    from cnnlab.analysis.conv_arith import conv
 
-    from cnnlab.models import create_model, list_models, model_card
-
-    names = list_models(args.pattern)
-    if not names:
-        raise CnnlabError(f"no model matches {args.pattern!r}; `cnnlab models` lists them all")
-    rows = []
-    for n in names:
-        card = model_card(n)
-        with torch.device("meta"):
-            params = sum(p.numel() for p in create_model(n).parameters())
-        rows.append((n, f"{params:,}", "x".join(map(str, card.input_size)), str(card.paper.year), card.summary))
-    widths = [max(len(r[i]) for r in rows + [("model", "params", "input", "year", "")]) for i in range(4)]
-    head = ("model", "params", "input", "year", "description")
-    fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}"
-    return "\n".join([fmt(head)] + [fmt(r) for r in rows]) + "\n"
+    r = conv(args.input, args.filters, args.kernel, args.stride, args.pad, args.dilation, args.groups)
+    return _text_or_json(r, args.format)
 
 
-def _card(args) -> str:
-    import torch
+def _calc_pool(args) -> str:
+    from cnnlab.analysis.conv_arith import pool
 
-    from cnnlab.models import create_model, model_card
-    from cnnlab.models.registry import METRICS, model_options
-    from cnnlab.train.recipes import recipe_for
-    from cnnlab.visualize.layers import gradcam_layer
-
-    c = model_card(args.name)
-    lines = [
-        f"{c.name}: {c.summary}",
-        f"  paper:   {c.paper.title}",
-        f"           {c.paper.authors} ({c.paper.year})",
-        f"           {c.paper.url}",
-        f"  input:   {'x'.join(map(str, c.input_size))}, {c.num_classes} classes",
-    ]
-    if c.figures:
-        lines.append("  published figures:")
-        for f in c.figures:
-            opts = f" [{', '.join(f'{k}={v}' for k, v in f.options.items())}]" if f.options else ""
-            value = f"{f.value:,.0f}" if f.metric in ("params", "macs", "neurons") else f"{f.value}"
-            lines.append(f"    {METRICS[f.metric]}{opts}: {value}  ({f.source}{'; ' + f.note if f.note else ''})")
-    with torch.device("meta"):
-        probe = create_model(args.name)
-    lines.append(f"  Grad-CAM layer: {gradcam_layer(probe, c.input_size)} (`cnnlab visualize gradcam`'s default)")
-    options = model_options(args.name)
-    if options:
-        lines.append(f"  options: {', '.join(f'{k}={v!r}' for k, v in options.items())}")
-        lines.append("           (set with --model-option KEY=VALUE on summary, train and transfer)")
-    try:
-        recipe = recipe_for(args.name)
-        lines.append(f"  recipe:  {recipe.name} ({recipe.source}); `cnnlab recipes` shows its settings")
-    except CnnlabError:
-        lines.append("  recipe:  none by default; pick one with `cnnlab train --recipe`")
-    return "\n".join(lines) + "\n"
+    return _text_or_json(pool(args.input, args.kernel, args.stride, args.pad, args.ceil_mode, args.op), args.format)
 
 
-def _summary(args) -> str:
-    from cnnlab.analysis.summary import summary
-    from cnnlab.models import model_card
+def _calc_rf(args) -> str:
+    from cnnlab.analysis.conv_arith import receptive_field
 
-    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
-    kwargs.update(parse_model_options(args.name, args.model_option))
-    s = summary(args.name, args.input, depth=args.depth, **kwargs)
-    text = s.render(args.format, args.depth)
-    card = model_card(args.name)
-    if card.paper_table and args.format == "table" and not args.input and not kwargs:
-        text = text.rstrip("\n") + "\n\n" + card.paper_table() + "\n"
-    return text
-
-
-def _calc(args) -> str:
-    from cnnlab.analysis import conv_arith
-
-    if args.calc == "conv":
-        r = conv_arith.conv(args.input, args.filters, args.kernel, args.stride, args.pad, args.dilation, args.groups)
-    elif args.calc == "pool":
-        r = conv_arith.pool(args.input, args.kernel, args.stride, args.pad, args.ceil_mode, args.op)
-    elif args.calc == "rf":
-        r = conv_arith.receptive_field(args.layers, args.input)
-    else:
-        raise CnnlabError("say what to calculate: `cnnlab calc conv`, `cnnlab calc pool` or `cnnlab calc rf`")
-    return json.dumps(r.as_dict(), indent=2) + "\n" if args.format == "json" else r.text()
-
-
-def _fidelity(args) -> str:
-    from cnnlab.analysis.fidelity import fidelity, fidelity_of_run, published_figures, render
-
-    if args.run:
-        rows, note = fidelity_of_run(args.run, args.data_dir, args.name)
-        return render(rows, args.format, note)
-    if args.name:
-        published_figures(args.name)
-    return render(fidelity(args.name), args.format)
-
-
-def _explain(args) -> str:
-    from cnnlab.scratch import explain as ex
-
-    if args.explain == "conv":
-        return ex.explain_conv(args.input, args.kernel, args.bias, args.stride, args.pad, args.example)
-    if args.explain == "pool":
-        return ex.explain_pool(args.input, args.size, args.stride, args.op, args.grad)
-    if args.explain == "backprop":
-        return ex.explain_backprop(args.input, args.kernel, args.grad, args.stride, args.pad)
-    if args.explain == "params":
-        return ex.explain_params(args.channels)
-    raise CnnlabError("say what to explain: `cnnlab explain conv`, `pool`, `backprop` or `params`")
-
-
-def _scratch_train(args) -> str:
-    from cnnlab.scratch.train import train_mnist
-
-    def log(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-    result = train_mnist(args.train_images, args.epochs, args.seed, args.batch_size, args.lr,
-                         test_images=args.test_images, data_dir=args.data_dir, threads=args.threads, log=log)
-    return result.text()
+    return _text_or_json(receptive_field(args.layers, args.input), args.format)
 
 
 def _train_flags(t) -> None:
@@ -368,49 +227,56 @@ def _train_flags(t) -> None:
     _option_flag(t)
 
 
-def _option_flag(p) -> None:
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model option (repeatable), e.g. shortcut=A, drop_path_rate=0.2, head=linear; "
-                        "`cnnlab card MODEL` lists them")
+def _train_config(args, model: str, model_options: dict | None = None, **settings):
+    """The TrainConfig of a train or transfer command line, for ``model``."""
+    from cnnlab.models import model_card
+    from cnnlab.models.registry import coerce_model_options
+    from cnnlab.train import TrainConfig
+
+    model_card(model)  # unknown model: the registry's message, before any data is touched
+    options = {**(model_options or {}), **coerce_model_options(model, args.model_option)}
+    return TrainConfig(model=model, data=args.data, recipe=args.recipe, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, out=args.out, device=args.device,
+                       precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+                       seed=args.seed, deterministic=args.deterministic, quiet=args.quiet, data_dir=args.data_dir,
+                       val_split=args.val_split, log_every=args.log_every, train_limit=args.train_limit,
+                       model_options=options, **settings)
 
 
-def parse_model_options(name: str, items: list[str]) -> dict:
-    """``["shortcut=A", "drop_path_rate=0.2"]`` -> ``{"shortcut": "A", "drop_path_rate": 0.2}``, checked
-    against the options the model's builder accepts and the types of their defaults."""
-    import ast
+def _run(cfg) -> str:
+    from cnnlab.train import train
 
-    from cnnlab.models.registry import model_options
+    result = train(cfg)
+    return f"{result.run_dir}\n" if cfg.quiet and result.rank == 0 else ""
 
-    if not items:
-        return {}
-    accepted = model_options(name)
-    out = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise CnnlabError(f"--model-option {item!r} is not KEY=VALUE, e.g. --model-option drop_path_rate=0.2")
-        if key not in accepted:
-            listed = ", ".join(accepted) or "no options"
-            raise CnnlabError(f"model {name!r} has no option {key!r}; it accepts: {listed}")
-        try:
-            value = ast.literal_eval(text.strip())  # numbers, True/False/None, tuples; never runs code
-        except (ValueError, SyntaxError):
-            value = text.strip()  # a bare word: a string, e.g. shortcut=A
-        default = accepted[key]
-        if isinstance(default, bool) or isinstance(value, bool):
-            ok = isinstance(value, bool) and (default is None or isinstance(default, bool))
-        elif isinstance(default, float) and isinstance(value, int):
-            value, ok = float(value), True
-        elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
-            value, ok = type(default)(value), True
-        else:
-            ok = default is None or isinstance(value, type(default))
-        if not ok:
-            raise CnnlabError(f"--model-option {key}={text} is not a {type(default).__name__} like the default "
-                              f"{key}={default!r}")
-        out[key] = value
-    return out
+
+def train_command(sub) -> None:
+    t = sub.add_parser("train", help="train a model on real data with its paper's recipe")
+    t.add_argument("model", help="a model name (see `cnnlab models`)")
+    _train_flags(t)
+    t.add_argument("--resume", help="a run folder or checkpoint to continue")
+    t.add_argument("--nproc", type=_positive_int, metavar="N",
+                   help="train data-parallel in N processes on this machine (runs torchrun for you; "
+                        "--batch-size is the global batch); see docs/distributed.md")
+    t.add_argument("--max-restarts", type=_nonneg_int, default=0, metavar="K",
+                   help="with --nproc: restart the workers up to K times after a failure, from the last checkpoint")
+    t.add_argument("--sync-bn", action="store_true", help="data parallel on GPUs: BatchNorm over the global batch")
+    t.set_defaults(handler=_train)
+
+
+def _train(args) -> str:
+    # --nproc and --max-restarts are the command line's own: they start the run, they are not its settings
+    cfg = _train_config(args, args.model, resume=args.resume, sync_bn=args.sync_bn)
+    if not args.nproc:
+        return _run(cfg)
+    from cnnlab.train import distributed
+
+    distributed.check_launch(args.nproc, cfg)
+    code = distributed.launch(args.nproc, _strip(args.argv, ("--nproc", "--max-restarts")), args.max_restarts)
+    if code:
+        raise CnnlabError(f"the data-parallel run failed (torchrun exit code {code}); the workers' messages "
+                          f"are above")
+    return ""  # rank 0 has printed what a single-process run prints
 
 
 def _strip(argv: list[str], flags: tuple[str, ...]) -> list[str]:
@@ -426,117 +292,63 @@ def _strip(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     return out
 
 
-# what `train --resume` may change: where and how verbosely the run goes on, and for how long
-RESUME_FLAGS = {"resume", "epochs", "device", "out", "quiet", "data_dir", "nproc", "max_restarts"}
+def transfer_command(sub) -> None:
+    tr = sub.add_parser("transfer", help="reuse trained weights on new data: feature extraction or fine-tuning")
+    tr.add_argument("--from", dest="source", required=True, metavar="WEIGHTS",
+                    help="a cnnlab run folder or checkpoint, a state_dict file, or a torchvision weights name "
+                         "(IMAGENET1K_V1) for the torchvision-compatible models")
+    tr.add_argument("--model", help="the architecture (default: the checkpoint's)")
+    tr.add_argument("--mode", choices=("features", "finetune"), default="features",
+                    help="features: frozen backbone in eval mode, new head; finetune: the whole network")
+    tr.add_argument("--unfreeze", type=int, default=0, metavar="N", help="features: also train the last N blocks")
+    tr.add_argument("--lr-backbone", type=float, help="finetune: the backbone's learning rate (default lr / 10)")
+    _train_flags(tr)
+    tr.set_defaults(handler=_transfer)
 
 
-def _check_resume_flags(args) -> None:
-    """A resumed run continues with its own settings: flags that would change them are refused, not ignored."""
-    fresh = build_parser().subcommands.choices[args.command]
-    changed = sorted(f"--{d.replace('_', '-')}" for d, v in vars(args).items()
-                     if d not in RESUME_FLAGS | {"command", "argv", "model"} and v != fresh.get_default(d))
-    if changed:
-        raise CnnlabError(f"{', '.join(changed)} cannot change a run being resumed: it goes on with its own "
-                          f"settings (with --resume give only --epochs, --device, --out, --data-dir, --quiet or "
-                          f"--nproc); start a new run to change them, or `cnnlab transfer --from RUN` for other "
-                          f"data")
+def _transfer(args) -> str:
+    from cnnlab.transfer.weights import pretrained_options, source_model
+
+    model = args.model or source_model(args.source)
+    return _run(_train_config(args, model, pretrained_options(model, args.source), pretrained=args.source,
+                              transfer=args.mode, unfreeze=args.unfreeze, lr_backbone=args.lr_backbone))
 
 
-def _train(args) -> str:
-    from cnnlab.models import model_card
-    from cnnlab.train import TrainConfig, train
-
-    if getattr(args, "resume", None):
-        _check_resume_flags(args)
-    if getattr(args, "nproc", None):
-        from cnnlab.train import distributed
-
-        if distributed.launched_by_torchrun():
-            raise CnnlabError("--nproc starts torchrun; this process already runs under torchrun, so leave it out")
-        if not (args.out or args.resume):
-            raise CnnlabError("data-parallel training needs --out (or --resume): every worker, and workers that "
-                              "torchrun restarts, must find the same run folder")
-        model_card(args.model)
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if args.device == "cuda" and not gpus:
-            raise CnnlabError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-        if args.device != "cpu" and gpus and args.nproc > gpus:
-            raise CnnlabError(f"--nproc {args.nproc} needs a GPU per process and this machine has {gpus}; "
-                              f"use --nproc {gpus} or less, or --device cpu")
-        code = distributed.launch(args.nproc, _strip(args.argv, ("--nproc", "--max-restarts")), args.max_restarts)
-        if code:
-            raise CnnlabError(f"the data-parallel run failed (torchrun exit code {code}); the workers' messages "
-                              f"are above")
-        return ""  # rank 0 has printed what a single-process run prints
-
-    extra = {}
-    if args.command == "transfer":
-        from cnnlab.transfer.weights import pretrained_options
-
-        model = args.model or _checkpoint_model(args.source)
-        extra = {"pretrained": args.source, "transfer": args.mode, "unfreeze": args.unfreeze,
-                     "lr_backbone": args.lr_backbone, "model_options": pretrained_options(model, args.source)}
-    else:
-        model = args.model
-    model_card(model)  # unknown model: the registry's message, before any data is touched
-    extra["model_options"] = {**extra.get("model_options", {}), **parse_model_options(model, args.model_option)}
-    cfg = TrainConfig(model=model, data=args.data, recipe=args.recipe, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, out=args.out, resume=getattr(args, "resume", None),
-                      device=args.device, precision=args.precision, channels_last=args.channels_last,
-                      compile=args.compile, seed=args.seed, deterministic=args.deterministic, quiet=args.quiet,
-                      data_dir=args.data_dir, val_split=args.val_split, log_every=args.log_every,
-                      train_limit=args.train_limit, sync_bn=getattr(args, "sync_bn", False), **extra)
-    result = train(cfg)
-    return f"{result.run_dir}\n" if args.quiet and result.rank == 0 else ""
-
-
-def _checkpoint_model(source: str) -> str:
-    from pathlib import Path
-
-    from cnnlab.runs import load_checkpoint
-
-    if not Path(source).expanduser().exists():
-        raise CnnlabError(f"--from {source} is not a file or run folder; for torchvision weights name the "
-                          f"architecture with --model")
-    try:
-        return load_checkpoint(source)["info"].model
-    except CnnlabError:
-        raise CnnlabError(f"{source} is not a cnnlab checkpoint, so name its architecture with --model") from None
+def embed_command(sub) -> None:
+    em = sub.add_parser("embed", help="penultimate-layer features of every image of a dataset, with labels")
+    em.add_argument("checkpoint", help="a run folder or checkpoint")
+    em.add_argument("--data", help="the dataset (default: the run's)")
+    em.add_argument("--split", choices=("train", "test"), default="test")
+    em.add_argument("--out", required=True, help="an .npz file: features, labels, classes")
+    em.add_argument("--data-dir")
+    em.set_defaults(handler=_embed)
 
 
 def _embed(args) -> str:
     from cnnlab.transfer.embedding import embed_dataset
 
-    path = embed_dataset(args.checkpoint, args.out, data=args.data, split=args.split, data_dir=args.data_dir)
-    return f"{path}\n"
+    return f"{embed_dataset(args.checkpoint, args.out, data=args.data, split=args.split, data_dir=args.data_dir)}\n"
+
+
+def recipes_command(sub) -> None:
+    sub.add_parser("recipes", help="the training recipes, one per paper").set_defaults(handler=_recipes)
 
 
 def _recipes(args) -> str:
-    from cnnlab.train import list_recipes
+    from cnnlab.train.recipes import render_recipes
 
-    lines = []
-    for r in list_recipes():
-        sched = r.schedule
-        if r.milestones:
-            unit = "iterations" if r.milestone_unit == "steps" else "epochs"
-            sched += f" x{r.gamma:g} at {unit} {', '.join(map(str, r.milestones))}"
-        if r.schedule == "exp":
-            sched += f" x{r.gamma:g} every {r.decay_every:g} epochs"
-        if r.warmup_steps or r.warmup_epochs:
-            span = f"{r.warmup_steps} iterations" if r.warmup_steps else f"{r.warmup_epochs:g} epochs"
-            sched += f", warm-up {span}" + (f" at {r.warmup_factor:g} x lr" if r.warmup_factor else "")
-        aug = ", ".join(f"{k}={v}" for k, v in r.augment.as_dict().items() if v) or "none"
-        lines += [f"{r.name}  (default for {', '.join(r.models)})",
-                  (f"  data {r.data}; {r.epochs} epochs, batch {r.batch_size}, {r.optimizer} lr {r.lr}"
-                  f"{f' momentum {r.momentum}' if r.optimizer in ('sgd', 'nesterov', 'rmsprop') else ''}, "
-                  f"weight decay {r.weight_decay}, schedule {sched}"
-                  f"{f', label smoothing {r.label_smoothing}' if r.label_smoothing else ''}"
-                  f"{f', gradient norm clipped at {r.clip_grad_norm}' if r.clip_grad_norm else ''}"
-                  f"{f', loss on logits x {r.logit_scale:g}' if r.logit_scale != 1.0 else ''}; augmentation {aug}"),
-                  f"  source: {r.source}"] + ([f"  note: {r.note}"] if r.note else []) + [""]
-    return "\n".join(lines)
+    return render_recipes()
+
+
+def eval_command(sub) -> None:
+    e = sub.add_parser("eval", help="top-1/top-5, per-class accuracy, confusion matrix of a trained run")
+    e.add_argument("checkpoint", help="a run folder or checkpoint")
+    e.add_argument("--data", help="evaluate on this dataset instead of the run's")
+    e.add_argument("--tta", choices=("flip", "crops10"), help="test-time augmentation")
+    e.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT", help="more checkpoints to average")
+    e.add_argument("--data-dir")
+    e.add_argument("--format", choices=("text", "json"), default="text")
+    e.set_defaults(handler=_eval)
 
 
 def _eval(args) -> str:
@@ -554,24 +366,11 @@ def _eval(args) -> str:
     return report.text() + f"\nconfusion matrix: {png}\n"
 
 
-def _visualize(args) -> str:
-    from cnnlab.visualize import figures
-
-    what = args.visualize
-    if what == "filters":
-        path = figures.filters_png(args.checkpoint, args.layer, args.out)
-    elif what == "features":
-        path = figures.features_png(args.checkpoint, args.image, args.layers, args.out)
-    elif what == "top9":
-        path = figures.top9_png(args.checkpoint, args.layer, args.data, args.channels, args.split, args.data_dir,
-                                args.out)
-    elif what == "saliency":
-        path = figures.saliency_png(args.checkpoint, args.image, args.target, args.out)
-    elif what == "gradcam":
-        path = figures.gradcam_png(args.checkpoint, args.image, args.layer, args.target, args.out)
-    else:
-        raise CnnlabError("say what to draw: `cnnlab visualize filters|features|top9|saliency|gradcam`")
-    return f"{path}\n"
+def predict_command(sub) -> None:
+    pr = sub.add_parser("predict", help="top-5 classes of image files")
+    pr.add_argument("checkpoint")
+    pr.add_argument("images", nargs="+")
+    pr.set_defaults(handler=_predict)
 
 
 def _predict(args) -> str:
@@ -584,55 +383,211 @@ def _predict(args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _data(args) -> str:
-    from cnnlab.data.memory import load
-    from cnnlab.data.sources import DATASETS, candidate_dirs, locate, require
+def data_command(sub) -> None:
+    d = sub.add_parser("data", help="datasets: list, verify, prepare")
+    what = _choose(d, "say what to do: `cnnlab data list`, `cnnlab data verify` or `cnnlab data prepare`")
+    dl = what.add_parser("list", help="known datasets and whether their files are here")
+    dl.add_argument("--data-dir")
+    dl.set_defaults(handler=_data_list)
+    for name, help, handler in (("verify", "check every file's MD5", _data_verify),
+                                ("prepare", "download what is missing, then decode", _data_prepare)):
+        dp = what.add_parser(name, help=help)
+        dp.add_argument("names", nargs="*", help="datasets (default: all present)")
+        dp.add_argument("--data-dir")
+        dp.set_defaults(handler=handler)
 
-    if args.data_command == "list":
-        lines = []
-        for name, s in DATASETS.items():
-            status = locate(s, args.data_dir, check=False)
-            here = sum(st.path is not None for st in status)
-            where = next((str(st.path.parent) for st in status if st.path), str(candidate_dirs(s, args.data_dir)[0]))
-            lines.append(f"{name:<14} {len(s.classes) or 100:>3} classes  {s.channels}x{s.size}x{s.size}  "
-                         f"{here}/{len(status)} files  {where}" + (f"  ({s.note.split(':')[0]})" if s.note else ""))
-        return "\n".join(lines) + "\n"
-    if args.data_command not in ("verify", "prepare"):
-        raise CnnlabError("say what to do: `cnnlab data list`, `cnnlab data verify` or `cnnlab data prepare`")
-    names = args.names or [n for n, s in DATASETS.items()
-                           if any(st.path for st in locate(s, args.data_dir, check=False))]
-    lines = []
-    for name in names:
-        from cnnlab.data.sources import spec
-        s = spec(name)
-        if args.data_command == "verify":
-            for st in locate(s, args.data_dir):
-                lines.append(f"{name:<14} {st.state:<8} {st.file.name}" + (f"  ({st.path})" if st.path else "")
-                             + (f"  MD5 {st.actual_md5}, expected {st.file.md5}" if st.state == "corrupt" else ""))
-        else:
-            require(s, args.data_dir, download=True)
-            sizes = [f"{split} {len(load(name, split, args.data_dir)):,}" for split in s.files]
-            lines.append(f"{name:<14} ready: {', '.join(sizes)} images")
-    out = "\n".join(lines) + "\n"
-    if args.data_command == "verify" and any(" corrupt " in l or " missing " in l for l in lines):
+
+def _data_list(args) -> str:
+    from cnnlab.data.sources import render_status
+
+    return render_status(args.data_dir)
+
+
+def _data_verify(args) -> str:
+    from cnnlab.data.sources import render_verify, verify
+
+    checked = verify(args.names, args.data_dir)
+    out = render_verify(checked)
+    if any(st.state != "ok" for status in checked.values() for st in status):
         sys.stdout.write(out)
         raise CnnlabError("some files are missing or corrupt (listed above); `cnnlab data prepare NAME` fetches them")
     return out
 
 
-COMMANDS = {"train": _train, "transfer": _train, "embed": _embed, "recipes": _recipes, "eval": _eval,
-            "predict": _predict, "data": _data, "visualize": _visualize,
-            "models": _models, "card": _card, "summary": _summary, "calc": _calc, "fidelity": _fidelity,
-            "explain": _explain, "scratch-train": _scratch_train}
+def _data_prepare(args) -> str:
+    from cnnlab.data.memory import prepare
+
+    return prepare(args.names, args.data_dir)
 
 
-# The library names its parameters as a Python caller writes them; here they are the flags that set them.
-FLAGS = {"pretrained": "--from", "transfer": "--mode", "model_options": "--model-option", "source": "--from"}
+def visualize_command(sub) -> None:
+    vis = sub.add_parser("visualize", help="what a network learned: filters, feature maps, top-9, saliency, Grad-CAM")
+    what = _choose(vis, "say what to draw: `cnnlab visualize filters|features|top9|saliency|gradcam`")
+    ckpt = "a run folder, a checkpoint, or a model name (its untrained weights)"
+    vf = what.add_parser("filters", help="a layer's kernels as a grid of small images")
+    vf.add_argument("checkpoint", help=ckpt)
+    vf.add_argument("--layer", help="a convolution (default: the first); see `cnnlab summary MODEL`")
+    vfe = what.add_parser("features", help="the feature maps of one image")
+    vfe.add_argument("checkpoint", help=ckpt)
+    vfe.add_argument("image")
+    vfe.add_argument("--layer", nargs="+", dest="layers", metavar="NAME", help="default: up to four convolutions")
+    vt = what.add_parser("top9", help="the images that excite each channel most, cropped to its receptive field")
+    vt.add_argument("checkpoint", help=ckpt)
+    vt.add_argument("--layer", required=True)
+    vt.add_argument("--data", help="mnist, cifar10, ... or folder:PATH (default: the run's)")
+    vt.add_argument("--split", default="test", help="split of an in-memory dataset (default: test)")
+    vt.add_argument("--channels", nargs="+", type=_nonneg_int, metavar="C", help="default: the first 16")
+    vt.add_argument("--data-dir")
+    attribution = []
+    for name, help in (("saliency", "gradient of the class score w.r.t. the pixels (Simonyan et al.)"),
+                       ("gradcam", "Grad-CAM heat map over the image (Selvaraju et al.)")):
+        va = what.add_parser(name, help=help)
+        va.add_argument("checkpoint", help=ckpt)
+        va.add_argument("image")
+        va.add_argument("--target", metavar="CLASS", help="class index or name (default: the predicted class)")
+        attribution.append(va)
+    attribution[1].add_argument("--layer", help="default: the architecture's last spatial layer")
+    for vp, handler in zip((vf, vfe, vt, *attribution), (_filters, _features, _top9, _saliency, _gradcam)):
+        vp.add_argument("--out", help="PNG file (default: COMMAND.png here)")
+        vp.set_defaults(handler=handler)
 
 
-def flag(param: str) -> str:
-    return FLAGS.get(param, "--" + param.replace("_", "-"))
+def _filters(args) -> str:
+    from cnnlab.visualize.figures import filters_png
 
+    return f"{filters_png(args.checkpoint, args.layer, args.out)}\n"
+
+
+def _features(args) -> str:
+    from cnnlab.visualize.figures import features_png
+
+    return f"{features_png(args.checkpoint, args.image, args.layers, args.out)}\n"
+
+
+def _top9(args) -> str:
+    from cnnlab.visualize.figures import top9_png
+
+    path = top9_png(args.checkpoint, args.layer, args.data, args.channels, args.split, args.data_dir, args.out)
+    return f"{path}\n"
+
+
+def _saliency(args) -> str:
+    from cnnlab.visualize.figures import saliency_png
+
+    return f"{saliency_png(args.checkpoint, args.image, args.target, args.out)}\n"
+
+
+def _gradcam(args) -> str:
+    from cnnlab.visualize.figures import gradcam_png
+
+    return f"{gradcam_png(args.checkpoint, args.image, args.layer, args.target, args.out)}\n"
+
+
+def fidelity_command(sub) -> None:
+    f = sub.add_parser("fidelity", help="our numbers beside the papers'")
+    f.add_argument("name", nargs="?", help="one model (default: all with published figures)")
+    f.add_argument("--run", metavar="RUN", help="a run folder or checkpoint: also measure its accuracy on the test "
+                   "set and set it beside the published one")
+    f.add_argument("--data-dir", help="where datasets live (default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab)")
+    f.add_argument("--format", choices=("table", "md", "json"), default="table")
+    f.set_defaults(handler=_fidelity)
+
+
+def _fidelity(args) -> str:
+    from cnnlab.analysis.fidelity import fidelity, fidelity_of_run, published_figures, render
+
+    if args.run:
+        rows, note = fidelity_of_run(args.run, args.data_dir, args.name)
+        return render(rows, args.format, note)
+    if args.name:
+        published_figures(args.name)
+    return render(fidelity(args.name), args.format)
+
+
+ARRAY = "rows 'a b c; d e f' (channels split by '|') or a .csv, .txt or .npy file"
+
+
+def explain_command(sub) -> None:
+    ex = sub.add_parser("explain", help="worked examples that print every step: conv, pool, backprop, params")
+    what = _choose(ex, "say what to explain: `cnnlab explain conv`, `pool`, `backprop` or `params`")
+    xc = what.add_parser("conv", help="each output entry of a convolution as its products and their sum")
+    xc.add_argument("--example", choices=("5x5", "7x7x3"), default="5x5",
+                    help="the lecture's 5x5 binary image, or the 7x7x3 padded volume with two filters and stride 2")
+    xc.add_argument("--input", help=f"the input: {ARRAY}")
+    xc.add_argument("--kernel", action="append", help="one filter, same forms (repeat for more filters)")
+    xc.add_argument("--bias", help="one number per filter, e.g. 1,0")
+    xc.add_argument("--stride", type=_positive_int)
+    xc.add_argument("--pad", type=_nonneg_int)
+    xc.set_defaults(handler=_explain_conv)
+    xpo = what.add_parser("pool", help="max- or average-pooling entry by entry, and as the matrix A")
+    xpo.add_argument("--input", help=f"one channel: {ARRAY} (default: the lecture's 4x4)")
+    xpo.add_argument("--size", type=_positive_int, default=2)
+    xpo.add_argument("--stride", type=_positive_int, help="default: the window size")
+    xpo.add_argument("--op", choices=("max", "avg"), default="max")
+    xpo.add_argument("--grad", help="the upstream gradient dL/dy, one value per output entry")
+    xpo.set_defaults(handler=_explain_pool)
+    xb = what.add_parser("backprop", help="a conv layer's backward pass: shared weights sum their gradients")
+    xb.add_argument("--input", help=f"one channel: {ARRAY} (default: the lecture's 5x5 image)")
+    xb.add_argument("--kernel", help="one filter, same forms (default: the lecture's 3x3 X)")
+    xb.add_argument("--grad", help="the upstream gradient dL/do, one value per output entry")
+    xb.add_argument("--stride", type=_positive_int, default=1)
+    xb.add_argument("--pad", type=_nonneg_int, default=0)
+    xb.set_defaults(handler=_explain_backprop)
+    xq = what.add_parser("params", help="7x7 vs three 3x3, the 1x1 bottleneck, inception multiply-adds")
+    xq.add_argument("--channels", type=_positive_int, default=64, help="C for the 7x7 against 3x3 comparison")
+    xq.set_defaults(handler=_explain_params)
+
+
+def _explain_conv(args) -> str:
+    from cnnlab.scratch.explain import explain_conv
+
+    return explain_conv(args.input, args.kernel, args.bias, args.stride, args.pad, args.example)
+
+
+def _explain_pool(args) -> str:
+    from cnnlab.scratch.explain import explain_pool
+
+    return explain_pool(args.input, args.size, args.stride, args.op, args.grad)
+
+
+def _explain_backprop(args) -> str:
+    from cnnlab.scratch.explain import explain_backprop
+
+    return explain_backprop(args.input, args.kernel, args.grad, args.stride, args.pad)
+
+
+def _explain_params(args) -> str:
+    from cnnlab.scratch.explain import explain_params
+
+    return explain_params(args.channels)
+
+
+def scratch_train_command(sub) -> None:
+    sc = sub.add_parser("scratch-train", help="train a LeNet-style network on MNIST with the NumPy engine alone")
+    sc.add_argument("--train-images", type=_positive_int, default=20_000, help="from a seeded shuffle of the 60,000")
+    sc.add_argument("--test-images", type=_positive_int, default=10_000, help="the first N of the 10,000 test images")
+    sc.add_argument("--epochs", type=_positive_int, default=3)
+    sc.add_argument("--batch-size", type=_positive_int, default=32)
+    sc.add_argument("--lr", type=_positive_float, default=0.02)
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--threads", type=_positive_int, default=1, help="NumPy BLAS threads (small products: 1 is best)")
+    sc.add_argument("--data-dir", help="a folder with the four MNIST .gz files (default: the copy inside cnnlab)")
+    sc.set_defaults(handler=_scratch_train)
+
+
+def _scratch_train(args) -> str:
+    from cnnlab.scratch.train import train_mnist
+
+    def log(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    result = train_mnist(args.train_images, args.epochs, args.seed, args.batch_size, args.lr,
+                         test_images=args.test_images, data_dir=args.data_dir, threads=args.threads, log=log)
+    return result.text()
+
+
+# --- running a command -------------------------------------------------------------------------------------------
 
 def _show_note(message, category, filename, lineno, file=None, line=None):
     """Library notes (CnnlabNote) as one line on stderr, in flags; other warnings as Python shows them."""
@@ -656,21 +611,14 @@ def _main(argv: list[str] | None = None) -> int:
         if not args.command:
             parser.print_help()
             return 2
-        out = COMMANDS[args.command](args)
+        out = args.handler(args)
     except CnnlabError as e:
         print(f"cnnlab: error: {e.speak(flag)}", file=sys.stderr)
         return 2
     except OSError as e:  # a path that cannot be written or read: a folder that is a file, no permission, disk full
         if isinstance(e, BrokenPipeError):
             return 0
-        if isinstance(e, FileExistsError) and e.filename:
-            why = f"{e.filename} is a file, but a folder is needed there; choose another path"
-        elif isinstance(e, NotADirectoryError) and e.filename:
-            why = f"{e.filename}: part of this path is a file, not a folder; choose another path"
-        else:
-            where = f"{e.filename}: " if e.filename else ""
-            why = f"{where}{e.strerror or e}; check the path, its permissions and the free space"
-        print(f"cnnlab: error: {why}", file=sys.stderr)
+        print(f"cnnlab: error: {_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
@@ -681,6 +629,15 @@ def _main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `cnnlab summary vgg16 | head`
         sys.stderr.close()
     return 0
+
+
+def _os_error(e: OSError) -> str:
+    if isinstance(e, FileExistsError) and e.filename:
+        return f"{e.filename} is a file, but a folder is needed there; choose another path"
+    if isinstance(e, NotADirectoryError) and e.filename:
+        return f"{e.filename}: part of this path is a file, not a folder; choose another path"
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}; check the path, its permissions and the free space"
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def load(name: str, split: str = "train", data_dir=None, download: bool = False)
 def split_train_val(ds: ArrayDataset, fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
     """Hold out ``fraction`` of a training set, stratified by class, reproducibly from ``seed``."""
     if not 0 < fraction < 1:
-        raise CnnlabError(f"--val-split must be between 0 and 1 (e.g. 0.1), got {fraction}")
+        raise CnnlabError(f"`val_split` must be between 0 and 1 (e.g. 0.1), got {fraction}", params=("val_split",))
     g = torch.Generator().manual_seed(seed)
     val = []
     for c in range(ds.num_classes):
@@ -124,7 +124,8 @@ def balanced_subset(ds: ArrayDataset, n: int, seed: int) -> ArrayDataset:
     """A random subset of ``n`` images with the classes as equal as ``n`` allows (a labelled budget),
     reproducibly from ``seed``."""
     if not 0 < n <= len(ds):
-        raise CnnlabError(f"--train-limit must be between 1 and {len(ds):,} (the training set), got {n}")
+        raise CnnlabError(f"`train_limit` must be between 1 and {len(ds):,} (the training set), got {n}",
+                          params=("train_limit",))
     g = torch.Generator().manual_seed(seed)
     per_class = [(ds.labels == c).nonzero().flatten() for c in range(ds.num_classes)]
     per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
@@ -253,3 +254,17 @@ class MemoryLoader:
                 x, y = x[self.rank::self.world], y[self.rank::self.world]
             yield self.normalise(x), y.to(self.device, non_blocking=True)
         self.start_batch = 0
+
+
+def prepare(names: list[str] | None = None, data_dir=None) -> str:
+    """Download what is missing of the datasets ``names`` (default: those present), check and decode every
+    split; returns one line per dataset with the images of each split (``cnnlab data prepare``)."""
+    from cnnlab.data.sources import present
+
+    lines = []
+    for name in names or present(data_dir):
+        s = spec(name)
+        require(s, data_dir, download=True)
+        sizes = [f"{split} {len(load(name, split, data_dir)):,}" for split in s.files]
+        lines.append(f"{name:<14} ready: {', '.join(sizes)} images")
+    return "\n".join(lines) + "\n"

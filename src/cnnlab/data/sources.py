@@ -274,3 +274,35 @@ def _download(download_url, f: FileSpec, tmp: Path) -> None:
 def _move(src: Path, dst: Path) -> None:
     with atomic_open(dst) as out, open(src, "rb") as f:
         shutil.copyfileobj(f, out)
+
+
+def present(data_dir=None) -> list[str]:
+    """The known datasets that have at least one of their files here."""
+    return [n for n, s in DATASETS.items() if any(st.path for st in locate(s, data_dir, check=False))]
+
+
+def render_status(data_dir=None) -> str:
+    """The table of ``cnnlab data list``: every known dataset, its classes and image size, how many of its
+    files are here and where (the folder they would go to when none are)."""
+    lines = []
+    for name, s in DATASETS.items():
+        status = locate(s, data_dir, check=False)
+        here = sum(st.path is not None for st in status)
+        where = next((str(st.path.parent) for st in status if st.path), str(candidate_dirs(s, data_dir)[0]))
+        lines.append(f"{name:<14} {len(s.classes) or 100:>3} classes  {s.channels}x{s.size}x{s.size}  "
+                     f"{here}/{len(status)} files  {where}" + (f"  ({s.note.split(':')[0]})" if s.note else ""))
+    return "\n".join(lines) + "\n"
+
+
+def verify(names: list[str] | None = None, data_dir=None) -> dict[str, list[FileStatus]]:
+    """Every file of the datasets ``names`` (default: those present) with its MD5 checked."""
+    names = names or present(data_dir)
+    return {name: locate(spec(name), data_dir) for name in names}
+
+
+def render_verify(checked: dict[str, list[FileStatus]]) -> str:
+    """The table of ``cnnlab data verify``: one line per file, ok, missing or corrupt."""
+    lines = [f"{name:<14} {st.state:<8} {st.file.name}" + (f"  ({st.path})" if st.path else "")
+             + (f"  MD5 {st.actual_md5}, expected {st.file.md5}" if st.state == "corrupt" else "")
+             for name, status in checked.items() for st in status]
+    return "\n".join(lines) + "\n"

@@ -177,3 +177,42 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
 def _ensure_loaded() -> None:
     # Importing the families runs their @register_model decorators.
     import cnnlab.models  # noqa: F401
+
+
+def coerce_model_options(name: str, items: list[str]) -> dict:
+    """``["shortcut=A", "drop_path_rate=0.2"]`` -> ``{"shortcut": "A", "drop_path_rate": 0.2}``: options written
+    as text (a command line, a web form), checked against the options the model's builder accepts and the
+    types of their defaults. Values are Python literals (numbers, True/False/None, tuples) or bare words."""
+    import ast
+
+    if not items:
+        return {}
+    accepted = model_options(name)
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise CnnlabError(f"`model_options` {item!r} is not KEY=VALUE, e.g. `model_options` drop_path_rate=0.2",
+                              params=("model_options",))
+        if key not in accepted:
+            listed = ", ".join(accepted) or "no options"
+            raise CnnlabError(f"model {name!r} has no option {key!r}; it accepts: {listed}")
+        try:
+            value = ast.literal_eval(text.strip())  # never runs code
+        except (ValueError, SyntaxError):
+            value = text.strip()  # a bare word: a string, e.g. shortcut=A
+        default = accepted[key]
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and (default is None or isinstance(default, bool))
+        elif isinstance(default, float) and isinstance(value, int):
+            value, ok = float(value), True
+        elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+            value, ok = type(default)(value), True
+        else:
+            ok = default is None or isinstance(value, type(default))
+        if not ok:
+            raise CnnlabError(f"`model_options` {key}={text} is not a {type(default).__name__} like the default "
+                              f"{key}={default!r}", params=("model_options",))
+        out[key] = value
+    return out

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.config import TrainConfig
+from cnnlab.platform import resolve_device
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -118,10 +120,8 @@ def init(device_name: str) -> tuple[Dist, str]:
         raise CnnlabError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (torchrun sets them)") from None
     if world == 1:
         return Dist(), device_name
-    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device_name).type == "cuda"
     if use_cuda:
-        if not torch.cuda.is_available():
-            raise CnnlabError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
         if local_rank >= torch.cuda.device_count():
             raise CnnlabError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
                               f"start at most that many processes per node (--nproc-per-node)")
@@ -262,3 +262,27 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(worker_threads(nproc)))
     return subprocess.call(torchrun_command(nproc, argv, max_restarts), env=env)
+
+
+def check_launch(nproc: int, cfg: TrainConfig) -> None:
+    """Refuse, before any worker starts, a data-parallel run of ``cfg`` in ``nproc`` processes on this machine
+    that could not work: a launch from inside torchrun, no run folder for the workers to share, an unknown
+    model, more processes than GPUs, or a resumed run asked to change its settings."""
+    from cnnlab.models import model_card
+
+    if launched_by_torchrun():
+        raise CnnlabError("`nproc` starts torchrun; this process already runs under torchrun, so leave it out",
+                          params=("nproc",))
+    if not (cfg.out or cfg.resume):
+        raise CnnlabError(NEEDS_OUT, params=("out", "resume"))
+    model_card(cfg.model)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    resolve_device(cfg.device)
+    if cfg.device != "cpu" and gpus and nproc > gpus:
+        raise CnnlabError(f"`nproc` {nproc} needs a GPU per process and this machine has {gpus}; use `nproc` {gpus} "
+                          f"or less, or `device` cpu", params=("nproc", "device"))
+    if cfg.resume:
+        from cnnlab.runs import load_checkpoint
+        from cnnlab.train.config import resumed_config
+
+        resumed_config(load_checkpoint(cfg.resume)["info"].config, cfg)

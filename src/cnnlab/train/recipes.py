@@ -206,13 +206,43 @@ def get_recipe(name: str) -> Recipe:
         raise CnnlabError(f"unknown recipe {name!r}; `cnnlab recipes` lists {', '.join(RECIPES)}") from None
 
 
+def default_recipe(model: str) -> Recipe | None:
+    """The recipe that is ``model``'s default, or None."""
+    return next((r for r in RECIPES.values() if any(fnmatch.fnmatchcase(model, pat) for pat in r.models)), None)
+
+
 def recipe_for(model: str) -> Recipe:
-    for r in RECIPES.values():
-        if any(fnmatch.fnmatchcase(model, pat) for pat in r.models):
-            return r
-    raise CnnlabError(f"no recipe is the default for {model!r}; pick one with --recipe "
-                      f"({', '.join(RECIPES)})")
+    recipe = default_recipe(model)
+    if recipe is None:
+        raise CnnlabError(f"no recipe is the default for {model!r}; pick one with `recipe` ({', '.join(RECIPES)})",
+                          params=("recipe",))
+    return recipe
 
 
 def override(r: Recipe, **changes) -> Recipe:
     return replace(r, **{k: v for k, v in changes.items() if v is not None})
+
+
+def render_recipes(recipes: list[Recipe] | None = None) -> str:
+    """The listing of ``cnnlab recipes``: each recipe's models, settings, schedule, augmentation and source."""
+    lines = []
+    for r in list_recipes() if recipes is None else recipes:
+        sched = r.schedule
+        if r.milestones:
+            unit = "iterations" if r.milestone_unit == "steps" else "epochs"
+            sched += f" x{r.gamma:g} at {unit} {', '.join(map(str, r.milestones))}"
+        if r.schedule == "exp":
+            sched += f" x{r.gamma:g} every {r.decay_every:g} epochs"
+        if r.warmup_steps or r.warmup_epochs:
+            span = f"{r.warmup_steps} iterations" if r.warmup_steps else f"{r.warmup_epochs:g} epochs"
+            sched += f", warm-up {span}" + (f" at {r.warmup_factor:g} x lr" if r.warmup_factor else "")
+        aug = ", ".join(f"{k}={v}" for k, v in r.augment.as_dict().items() if v) or "none"
+        lines += [f"{r.name}  (default for {', '.join(r.models)})",
+                  (f"  data {r.data}; {r.epochs} epochs, batch {r.batch_size}, {r.optimizer} lr {r.lr}"
+                  f"{f' momentum {r.momentum}' if r.optimizer in ('sgd', 'nesterov', 'rmsprop') else ''}, "
+                  f"weight decay {r.weight_decay}, schedule {sched}"
+                  f"{f', label smoothing {r.label_smoothing}' if r.label_smoothing else ''}"
+                  f"{f', gradient norm clipped at {r.clip_grad_norm}' if r.clip_grad_norm else ''}"
+                  f"{f', loss on logits x {r.logit_scale:g}' if r.logit_scale != 1.0 else ''}; augmentation {aug}"),
+                  f"  source: {r.source}"] + ([f"  note: {r.note}"] if r.note else []) + [""]
+    return "\n".join(lines)

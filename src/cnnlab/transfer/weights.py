@@ -102,7 +102,7 @@ def _read_source(name: str, source: str) -> tuple[dict, str]:
     if ckpt is not None:
         trained = ckpt["info"].model
         if trained != name:
-            raise CnnlabError(f"{file} holds a {trained}, not a {name}; pass --model {trained}")
+            raise CnnlabError(f"{file} holds a {trained}, not a {name}; pass `model` {trained}", params=("model",))
         return ckpt["model"], str(file)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -178,7 +178,7 @@ def freeze_backbone(model: nn.Module, head_names: list[str], unfreeze: int = 0) 
     eval mode (BatchNorm statistics fixed, no dropout) even when the model is put in training mode.
     Returns the names of the trainable modules."""
     if unfreeze < 0:
-        raise CnnlabError(f"--unfreeze must be 0 or more, got {unfreeze}")
+        raise CnnlabError(f"`unfreeze` must be 0 or more, got {unfreeze}", params=("unfreeze",))
     heads_set = set(head_names)
     blocks = [(n, m) for n, m in _blocks(model)
               if n not in heads_set and not any(h == n or h.startswith(n + ".") for h in heads_set)]
@@ -234,3 +234,18 @@ def embed(model: nn.Module, name: str, images, batch_size: int = 256, **options)
         handle.remove()
         model.train(was)
     return torch.cat(captured).float().numpy()
+
+
+def source_model(source: str) -> str:
+    """The architecture of the cnnlab run folder or checkpoint ``source`` (the model to build when the caller
+    names none); other weights do not say which architecture they are for."""
+    from cnnlab.runs import load_checkpoint
+
+    if not Path(source).expanduser().exists():
+        raise CnnlabError(f"`pretrained` {source} is not a file or run folder; for torchvision weights name the "
+                          f"architecture with `model`", params=("pretrained", "model"))
+    try:
+        return load_checkpoint(source)["info"].model
+    except CnnlabError:
+        raise CnnlabError(f"{source} is not a cnnlab checkpoint, so name its architecture with `model`",
+                          params=("model",)) from None

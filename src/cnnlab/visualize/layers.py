@@ -103,3 +103,13 @@ def feature_layers(model: nn.Module, input_size, most: int = 4) -> list[str]:
     if len(convs) <= most:
         return convs
     return [convs[round(i * (len(convs) - 1) / (most - 1))] for i in range(most)]
+
+
+def default_gradcam_layer(name: str) -> str:
+    """The Grad-CAM layer of the registered model ``name`` on its default input, found on the meta device
+    (no weights are allocated)."""
+    from cnnlab.models import create_model, model_card
+
+    with torch.device("meta"):
+        probe = create_model(name)
+    return gradcam_layer(probe, model_card(name).input_size)
