@@ -106,8 +106,10 @@ def test_kill_minus_9_mid_epoch_then_resume_equals_the_uninterrupted_run(referen
 
 
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+    from cnnlab.runs import RunInfo
+
+    path, info = tmp_path / "last.pt", RunInfo("lenet5", tuple("0123456789"), 1, (1, 32, 32), "mnist")
+    save_checkpoint(path, info, {"w": torch.ones(3)}, {"epoch": 1})
     before = path.read_bytes()
 
     def dying_save(obj, f, *a, **k):
@@ -116,7 +118,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monke
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+        save_checkpoint(path, info, {"w": torch.zeros(3)}, {"epoch": 2})
     monkeypatch.undo()
     assert path.read_bytes() == before and load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
