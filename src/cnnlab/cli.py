@@ -352,18 +352,12 @@ def eval_command(sub) -> None:
 
 
 def _eval(args) -> str:
-    from pathlib import Path
-
     from cnnlab.analysis.evaluate import evaluate
-    from cnnlab.runs import resolve
 
     report = evaluate([args.checkpoint] + args.ensemble, args.data, args.tta, args.data_dir)
     if args.format == "json":
         return json.dumps(report.as_dict(), indent=2) + "\n"
-    folder = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else resolve(args.checkpoint).parent
-    png = folder / f"confusion-{report.split}{'-' + args.tta if args.tta else ''}.png"
-    report.plot(png)
-    return report.text() + f"\nconfusion matrix: {png}\n"
+    return report.text() + f"\nconfusion matrix: {report.plot_beside(args.checkpoint)}\n"
 
 
 def predict_command(sub) -> None:
@@ -374,13 +368,9 @@ def predict_command(sub) -> None:
 
 
 def _predict(args) -> str:
-    from cnnlab.analysis.evaluate import predict
+    from cnnlab.analysis.evaluate import predict, render_predictions
 
-    lines = []
-    for path, top in predict(args.checkpoint, args.images):
-        lines.append(path)
-        lines += [f"  {p * 100:6.2f}%  {c}" for c, p in top]
-    return "\n".join(lines) + "\n"
+    return render_predictions(predict(args.checkpoint, args.images))
 
 
 def data_command(sub) -> None:

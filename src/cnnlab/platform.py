@@ -99,9 +99,8 @@ def resolve_precision(precision: str, device: torch.device, macs_per_image: int)
     """'auto': on CUDA bf16 where supported, else fp16. On a CPU bf16 autocast (channels-last) where it pays:
     for networks of at least 10M multiply-adds per image (resnet20 has 41M, vgg_cifar 153M), on CPUs with AMX
     tiles or where a probe convolution runs at least 1.3x faster in bf16 than in fp32 (``cpu_bf16_speedup``,
-    measured once per machine). CPUs differ: benchmarks/throughput.py measured bf16 at 0.7x of fp32 on one
-    AVX-512-bf16 CPU without AMX and at 1.7-2.1x on another (vgg_cifar, resnet20); LeNet-5 stays in fp32
-    everywhere."""
+    measured once per machine): CPUs differ too much for a fixed rule (docs/benchmarks.md, "How the
+    defaults are chosen"); LeNet-5 stays in fp32 everywhere."""
     if precision not in ("auto", "fp32", "bf16", "fp16", "fp64"):
         raise CnnlabError(f"`precision` must be fp32, bf16, fp16, fp64 or auto, got {precision!r}",
                           params=("precision",))
@@ -177,10 +176,9 @@ def cpu_model() -> str:
 
 
 def resolve_channels_last(channels_last: bool | None, precision: str, device: torch.device) -> bool:
-    """``None`` (no --channels-last/--no-channels-last): channels-last on a CPU in every precision, where
-    oneDNN's convolutions run faster on it (benchmarks/throughput.py, fp32 training on a 2-core AVX-512 CPU:
-    lenet5 1.1-1.3x, resnet20 1.2-1.4x, vgg_cifar 1.04-1.2x); on a GPU with bf16/fp16, where tensor cores
-    want it."""
+    """``None`` (neither asked for nor refused): channels-last on a CPU in every precision, where oneDNN's
+    convolutions run faster on it (measured: docs/benchmarks.md, "How the defaults are chosen"); on a GPU with
+    bf16/fp16, where tensor cores want it."""
     if channels_last is not None:
         return channels_last
     return device.type == "cpu" or precision in ("bf16", "fp16")
@@ -194,12 +192,10 @@ def keep_freed_memory() -> bool:
     32 MiB come from the heap rather than fresh mmaps, and the heap is trimmed only above 1 GiB free).
 
     With its defaults glibc often hands freed activations of more than 128 KiB back to the kernel, and the
-    next step pays a page fault for each 4 KiB page it touches again. Measured on a 2-core CPU: 200 LeNet-5
-    steps at batch 128 and three test-set evaluations took 380,000-830,000 minor page faults with the
-    defaults and 8,000-9,000 with this; 3 epochs of ``cnnlab train lenet5`` took 26-27 s (5-6 s of it system
-    time) against 20-23 s (0.7 s). It does what the tcmalloc or jemalloc preload advised by Intel's PyTorch
-    tuning guides does, without a preload. Process-wide and idempotent; returns whether it applied (glibc on
-    Linux only; elsewhere nothing changes)."""
+    next step pays a page fault for each 4 KiB page it touches again (the page faults and seconds saved:
+    docs/benchmarks.md). It does what the tcmalloc or jemalloc preload advised by Intel's PyTorch tuning
+    guides does, without a preload. Process-wide and idempotent; returns whether it applied (glibc on Linux
+    only; elsewhere nothing changes)."""
     if _MALLOC_TUNED[0]:
         return True
     if not sys.platform.startswith("linux"):

@@ -111,6 +111,16 @@ class EvalReport:
                 lines.append(f"  {c:<{width}}" + "".join(f"{v:>{cell},}" for v in row))
         return "\n".join(lines) + "\n"
 
+    def plot_beside(self, checkpoint) -> Path:
+        """The confusion matrix as a PNG in the run folder of ``checkpoint`` (or beside the checkpoint file),
+        named by split and test-time augmentation; returns its path."""
+        from cnnlab.runs import resolve
+
+        folder = Path(checkpoint) if Path(checkpoint).is_dir() else resolve(checkpoint).parent
+        path = folder / f"confusion-{self.split}{'-' + self.tta if self.tta else ''}.png"
+        self.plot(path)
+        return path
+
     def plot(self, path: Path) -> None:
         import matplotlib
         matplotlib.use("Agg")
@@ -187,3 +197,12 @@ def predict(checkpoint: str, images: list[str], k: int = 5) -> list[tuple[str, l
         top = p.topk(min(k, p.numel()))
         out.append((str(path), [(run.info.classes[i], float(v)) for v, i in zip(top.values, top.indices)]))
     return out
+
+
+def render_predictions(predictions: list[tuple[str, list[tuple[str, float]]]]) -> str:
+    """``predict``'s result as text: each image's path, then its classes with their probabilities."""
+    lines = []
+    for path, top in predictions:
+        lines.append(path)
+        lines += [f"  {p * 100:6.2f}%  {c}" for c, p in top]
+    return "\n".join(lines) + "\n"
