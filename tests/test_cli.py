@@ -175,3 +175,16 @@ def test_a_python_caller_reads_the_parameter_and_the_command_line_the_flag(capsy
                                  "drop_path_rate=0.2\n")
     assert [flag(p) for p in ("batch_size", "lr", "pretrained", "transfer", "model_options")] == \
         ["--batch-size", "--lr", "--from", "--mode", "--model-option"]
+
+
+def test_only_the_marked_parameter_becomes_a_flag():
+    """A sentence marks its parameters in backticks: a word that happens to be a parameter's name elsewhere in
+    it (a path, a count) stays as it is, for a Python caller and on the command line alike."""
+    from cnnlab.cli import flag
+    from cnnlab.errors import CnnlabError
+
+    e = CnnlabError("`epochs` 3 (the run had 2) lays the schedule over 3 epochs of runs/epochs/last.pt",
+                    params=("epochs",))
+    assert str(e) == "epochs 3 (the run had 2) lays the schedule over 3 epochs of runs/epochs/last.pt"
+    assert e.speak(flag) == "--epochs 3 (the run had 2) lays the schedule over 3 epochs of runs/epochs/last.pt"
+    assert CnnlabError("see `cnnlab models`").speak(flag) == "see `cnnlab models`"  # not a parameter: kept

@@ -442,7 +442,7 @@ def test_image_folder_runs_keep_their_validation_split_in_every_command(tmp_path
     result = train(TrainConfig(model="resnet20", data=f"folder:{tmp_path / 'split'}", epochs=1, batch_size=4,
                                quiet=True, out=str(tmp_path / "run2")))
     assert result.epochs == 1 and evaluate([str(tmp_path / "run2")]).n == 6
-    with pytest.raises(CnnlabError, match="already has a train/ folder; --val-split applies to a folder of"):
+    with pytest.raises(CnnlabError, match="already has a train/ folder; val_split applies to a folder of"):
         train(TrainConfig(model="resnet20", data=f"folder:{tmp_path / 'split'}", epochs=1, batch_size=4,
                           quiet=True, out=str(tmp_path / "run3"), val_split=0.1))
 

@@ -40,7 +40,7 @@ def tta_views(x: torch.Tensor, tta: str | None, size: int) -> list[torch.Tensor]
         return [x, x.flip(3)]
     if tta == "crops10":
         return ten_crops(x, size)
-    raise CnnlabError(f"--tta must be flip or crops10, got {tta!r}")
+    raise CnnlabError(f"`tta` must be flip or crops10, got {tta!r}", params=("tta",))
 
 
 def probabilities(models: list[torch.nn.Module], x: torch.Tensor, tta: str | None, size: int) -> torch.Tensor:

@@ -59,11 +59,12 @@ def folder_datasets(path: str, size: int, val_split: float | None, seed: int, ch
         classes = _check_classes(root / "train")
         train = ImageFolder(str(root / "train"), transform=transforms(size, augment_train, channels))
         if val_split and explicit:
-            raise CnnlabError(f"{root} already has a train/ folder; --val-split applies to a folder of classes")
+            raise CnnlabError(f"{root} already has a train/ folder; `val_split` applies to a folder of classes",
+                              params=("val_split",))
         evald = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
         if evald is None:
             raise CnnlabError(f"{root} has train/ but no val/ or test/ folder; add one or point at a class folder "
-                              f"and use --val-split")
+                              f"and use `val_split`", params=("val_split",))
         if _check_classes(evald) != classes:
             raise CnnlabError(f"{evald} and {root / 'train'} have different class folders")
         return (train, ImageFolder(str(evald), transform=transforms(size, False, channels, crops10)), classes,

@@ -122,8 +122,8 @@ def open_data(view: DataView, split: str, *, train: bool = False, batch_size: in
                               "folders: copy the images you want into a smaller folder instead",
                               params=("train_limit",))
         if view.folder in ("", "imagenet"):
-            raise CnnlabError("this recipe trains on an image folder: pass --data folder:PATH "
-                              "(PATH/<class>/*.jpg, or PATH/train and PATH/val)")
+            raise CnnlabError("this recipe trains on an image folder: pass `data` folder:PATH "
+                              "(PATH/<class>/*.jpg, or PATH/train and PATH/val)", params=("data",))
         train_ds, eval_ds, classes, eval_name = folder_datasets(
             view.folder, view.size, view.val_split or None, view.seed, view.channels, crops10=crops10,
             explicit=explicit_val_split, augment_train=train)

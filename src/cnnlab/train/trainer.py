@@ -102,7 +102,8 @@ def _train(cfg: TrainConfig) -> RunResult:
     resolved = _resolved(cfg, info, recipe, platform, len(train_data.loader), macs, dist)
     folder.start(resolved, t.epoch)
     say = (lambda *a: None) if cfg.quiet or not dist.main else print
-    say(note) if note else None
+    if note:
+        say(note)
     _announce(say, cfg, info, recipe, platform, dist, folder, t, checkpoint)
     progress = None if cfg.quiet or not dist.main else _progress()
     for epoch in range(t.epoch, recipe.epochs):

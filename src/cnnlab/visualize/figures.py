@@ -56,7 +56,7 @@ def _plt():
 def _save(fig, out, default: str) -> Path:
     path = Path(out or default)
     if path.suffix.lower() != ".png":
-        raise CnnlabError(f"--out must be a .png file, got {path}")
+        raise CnnlabError(f"`out` must be a .png file, got {path}", params=("out",))
     try:
         atomic_savefig(fig, path, dpi=100)
     finally:

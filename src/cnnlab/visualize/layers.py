@@ -99,7 +99,8 @@ def feature_layers(model: nn.Module, input_size, most: int = 4) -> list[str]:
     spread from the first to the last."""
     convs = list(dict.fromkeys(c.name for c in trace(model, input_size) if isinstance(c.module, nn.Conv2d)))
     if not convs:
-        raise CnnlabError(f"{type(model).__name__} has no convolution; name the layers with --layer")
+        raise CnnlabError(f"{type(model).__name__} has no convolution; name the layers with `layers`",
+                          params=("layers",))
     if len(convs) <= most:
         return convs
     return [convs[round(i * (len(convs) - 1) / (most - 1))] for i in range(most)]
