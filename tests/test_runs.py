@@ -71,7 +71,7 @@ def test_a_format_1_run_resumes_in_its_own_folder_and_visualises(tmp_path, capsy
 
 
 def test_run_info_round_trips_through_a_checkpoint(tmp_path):
-    info = RunInfo("resnet20", tuple("abc"), 3, (3, 32, 32), "folder:/x", {"shortcut": "B"},
+    info = RunInfo("resnet20", tuple("abc"), 3, (3, 32, 32), "folder:/x", {"drop_path_rate": 0.1},
                    {"val_split": 0.1, "augment": {"pad_to": 0}}, "val", 7, "bf16", None, {"lr": 0.1})
     model = info.build()
     save_checkpoint(tmp_path / "c.pt", info, model.state_dict(), {"epoch": 1})

@@ -102,7 +102,7 @@ def test_balanced_subset_is_a_labelled_budget():
     sub = balanced_subset(ds, 1000, seed=1)
     assert len(sub) == 1000 and torch.bincount(sub.labels, minlength=10).tolist() == [100] * 10
     assert torch.equal(balanced_subset(ds, 1000, seed=1).labels, sub.labels)
-    with pytest.raises(CnnlabError, match="--train-limit"):
+    with pytest.raises(CnnlabError, match="train_limit must be between 1 and 60,000"):
         balanced_subset(ds, 10 ** 6, seed=1)
 
 
