@@ -34,6 +34,12 @@ def test_list_models_filters_by_wildcard_and_substring():
     assert list_models("no-such-thing") == []
 
 
+def test_is_model_answers_without_raising():
+    from cnnlab.models.registry import is_model
+
+    assert is_model("vgg16") and not is_model("vgg61") and not is_model("")
+
+
 def test_unknown_model_suggests_the_closest_names():
     with pytest.raises(CnnlabError) as e:
         create_model("vgg61")

@@ -17,8 +17,8 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["Figure", "ModelCard", "Paper", "create_model", "list_models", "model_card", "model_options",
-           "register_model", "torchvision_figures"]
+__all__ = ["Figure", "ModelCard", "Paper", "create_model", "is_model", "list_models", "model_card",
+           "model_options", "register_model", "torchvision_figures"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,12 @@ def _lookup(name: str) -> _Entry:
         close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise CnnlabError(f"unknown model {name!r}; {hint}`cnnlab models` lists them all") from None
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` is a registered model (``model_card`` and ``create_model`` raise for any other)."""
+    _ensure_loaded()
+    return name in _REGISTRY
 
 
 def list_models(pattern: str | None = None) -> list[str]:
