@@ -192,6 +192,22 @@ def test_drop_path_is_active_in_training_and_scaled_in_eval():
     assert dropped < 200
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_dropped_branch_leaves_the_block_input_alone_and_trains(name):
+    # The in-place ReLU after the sum once wrote into the block's input when the branch was dropped and the
+    # shortcut was the identity: the caller's tensor changed and backward failed (a saved tensor modified).
+    m = create_model(name, drop_path_rate=0.9).train()
+    block = m.layer4[-1]  # drop probability 0.9, identity shortcut
+    x = torch.randn(2, block.conv1.in_channels, 4, 4)
+    before = x.clone()
+    torch.manual_seed(0)
+    outs = [block(x) for _ in range(20)]
+    assert any(torch.equal(o, F.relu(before)) for o in outs) and torch.equal(x, before)
+    torch.manual_seed(0)
+    for _ in range(3):
+        m(torch.randn(2, 3, 64, 64)).sum().backward()
+
+
 def test_drop_path_on_imagenet_resnets_and_eval_equals_no_drop_when_rate_zero():
     m = create_model("resnet18", drop_path_rate=0.2).eval()
     blocks = [b for s in (m.layer1, m.layer2, m.layer3, m.layer4) for b in s]

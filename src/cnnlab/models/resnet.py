@@ -94,7 +94,10 @@ class BasicBlock(nn.Module):
         if not self.shortcut:
             return self.relu(self.branch(x))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(stochastic_residual(self.branch, x, identity, self.drop_prob, self.training))
+        out = stochastic_residual(self.branch, x, identity, self.drop_prob, self.training)
+        # a dropped branch returns the shortcut itself, here the block's input: the in-place ReLU must not write
+        # into it (the caller's tensor, and one that autograd saved for the previous block's backward)
+        return self.relu(out.clone() if out is x else out)
 
 
 class Bottleneck(nn.Module):
@@ -131,7 +134,10 @@ class Bottleneck(nn.Module):
         if not self.shortcut:
             return self.relu(self.branch(x))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(stochastic_residual(self.branch, x, identity, self.drop_prob, self.training))
+        out = stochastic_residual(self.branch, x, identity, self.drop_prob, self.training)
+        # a dropped branch returns the shortcut itself, here the block's input: the in-place ReLU must not write
+        # into it (the caller's tensor, and one that autograd saved for the previous block's backward)
+        return self.relu(out.clone() if out is x else out)
 
 
 # Table 1: block type and blocks per stage (conv2_x, conv3_x, conv4_x, conv5_x)
