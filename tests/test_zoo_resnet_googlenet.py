@@ -7,7 +7,8 @@ import torchvision
 
 from cnnlab import CnnlabError, create_model, model_card, summary
 from cnnlab.models.googlenet import INCEPTION, TABLE1, agrees, render_table1, table1
-from cnnlab.models.layers import GoogLeNetOutputs, linear_drop_probs
+from cnnlab.models.layers import GoogLeNetOutputs, ResidualBlock, linear_drop_probs
+from cnnlab.models.registry import model_options
 from cnnlab.models.resnet import ZeroPadShortcut
 from cnnlab.train.trainer import _loss
 
@@ -163,6 +164,24 @@ def test_wide_block_is_pre_activation_with_dropout():
     assert block.dropout.p == 0.3
     assert m.layer1[0].shortcut is not None  # 16 -> 64 channels: projection
     assert m.fc.in_features == 256
+
+
+@pytest.mark.parametrize("name,options", [
+    ("resnet18", {}), ("resnet50", {}), ("plain18", {}), ("resnet20", {}), ("plain20", {}), ("wrn16_4", {}),
+    ("inception_resnet_v2", {"blocks": (1, 1, 1)}),
+])
+def test_residual_blocks_share_one_forward(name, options):
+    with torch.device("meta"):
+        m = create_model(name, **options)
+    blocks = [b for b in m.modules() if isinstance(b, ResidualBlock)]
+    assert blocks and all(type(b).forward is ResidualBlock.forward for b in blocks)
+    assert not any(b.may_skip_parameters for b in blocks)
+    if "drop_path_rate" in model_options(name) and not name.startswith("plain"):
+        # stochastic depth tells distributed training that a step may leave parameters unused (WRN's block
+        # once did not say so)
+        with torch.device("meta"):
+            m = create_model(name, **options, drop_path_rate=0.2)
+        assert all(b.may_skip_parameters for b in m.modules() if isinstance(b, ResidualBlock))
 
 
 # -- stochastic depth ----------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import InceptionOutputs
+from cnnlab.models.layers import InceptionOutputs, ResidualBlock
 from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 RETHINKING = Paper(
@@ -494,7 +494,7 @@ RESNET_V2_REDUCTION_B = (  # Fig. 18: 17x17x1088 -> 8x8x(1088 + 384 + 288 + 320)
 RESNET_SCALES = (0.17, 0.10, 0.20)  # Sec. 3.3: residuals scaled by 0.1-0.3; the release's values per stage
 
 
-class InceptionResNetBlock(nn.Module):
+class InceptionResNetBlock(ResidualBlock):
     """x -> ReLU(x + scale * up(branches(x))). ``up`` is the "1x1 Conv (Linear)": bias, no BN, no ReLU."""
 
     def __init__(self, channels: int, branches: tuple, scale: float, relu: bool = True):
@@ -504,8 +504,11 @@ class InceptionResNetBlock(nn.Module):
         self.scale = scale
         self.relu = nn.ReLU(inplace=True) if relu else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(x + self.scale * self.up(self.branches(x)))
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.up(self.branches(x))
+
+    def post(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import linear_drop_probs, stochastic_residual
+from cnnlab.models.layers import ResidualBlock, linear_drop_probs
 from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 PAPER = Paper(
@@ -62,7 +62,18 @@ WIDE = Paper(
 )
 
 
-class BasicBlock(nn.Module):
+class _Block(ResidualBlock):
+    """What both blocks share: torchvision's ``downsample`` shortcut (None: the identity) and a ReLU after
+    the sum. ``shortcut=False`` is the plain baselines' block."""
+
+    def skip(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
+    def post(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x)
+
+
+class BasicBlock(_Block):
     """Two 3x3 convolutions (Fig. 2 left / Fig. 5 left)."""
 
     expansion = 1
@@ -79,28 +90,14 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
-        self.shortcut = shortcut
+        self.residual = shortcut
         self.drop_prob = drop_prob
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
-    @property
-    def may_skip_parameters(self) -> bool:
-        """Whether a training step may leave this block's parameters unused (stochastic depth)."""
-        return self.shortcut and self.drop_prob > 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.shortcut:
-            return self.relu(self.branch(x))
-        identity = x if self.downsample is None else self.downsample(x)
-        out = stochastic_residual(self.branch, x, identity, self.drop_prob, self.training)
-        # a dropped branch returns the shortcut itself, here the block's input: the in-place ReLU must not write
-        # into it (the caller's tensor, and one that autograd saved for the previous block's backward)
-        return self.relu(out.clone() if out is x else out)
-
-
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 reduce, 3x3, 1x1 expand (x4) (Fig. 5 right). ``groups`` > 1 makes it ResNeXt's block (Fig. 3c
     of Xie et al.); ``base_width`` scales the inner width (128 for Wide ResNet-50-2)."""
 
@@ -120,24 +117,13 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.shortcut = shortcut
+        self.residual = shortcut
         self.drop_prob = drop_prob
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out))
-
-    may_skip_parameters = BasicBlock.may_skip_parameters
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.shortcut:
-            return self.relu(self.branch(x))
-        identity = x if self.downsample is None else self.downsample(x)
-        out = stochastic_residual(self.branch, x, identity, self.drop_prob, self.training)
-        # a dropped branch returns the shortcut itself, here the block's input: the in-place ReLU must not write
-        # into it (the caller's tensor, and one that autograd saved for the previous block's backward)
-        return self.relu(out.clone() if out is x else out)
 
 
 # Table 1: block type and blocks per stage (conv2_x, conv3_x, conv4_x, conv5_x)

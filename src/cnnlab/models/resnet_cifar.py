@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import linear_drop_probs, stochastic_residual
+from cnnlab.models.layers import ResidualBlock, linear_drop_probs
 from cnnlab.models.registry import Figure, Paper, register_model
 from cnnlab.models.resnet import PAPER, WIDE, ZeroPadShortcut
 
@@ -56,7 +56,7 @@ DEPTHS = {
 }
 
 
-class CifarBlock(nn.Module):
+class CifarBlock(ResidualBlock):
     """Two 3x3 convolutions with BatchNorm; identity or option-A shortcut (none in a plain net)."""
 
     def __init__(self, cin: int, cout: int, stride: int, residual: bool, drop_prob: float):
@@ -72,16 +72,11 @@ class CifarBlock(nn.Module):
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
 
-    @property
-    def may_skip_parameters(self) -> bool:
-        """Whether a training step may leave this block's parameters unused (stochastic depth)."""
-        return self.residual and self.drop_prob > 0
+    def skip(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return x if self.shortcut is None else self.shortcut(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.residual:
-            return F.relu(self.branch(x))
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(stochastic_residual(self.branch, x, identity, self.drop_prob, self.training))
+    def post(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
 
 
 class CifarResNet(nn.Module):
@@ -163,7 +158,7 @@ def resnet110_sd(num_classes: int = 10, in_chans: int = 3, drop_path_rate: float
     return CifarResNet(110, num_classes, in_chans, True, drop_path_rate)
 
 
-class WideBlock(nn.Module):
+class WideBlock(ResidualBlock):
     """Pre-activation basic block B(3,3) of Zagoruyko & Komodakis, with dropout between the convolutions."""
 
     def __init__(self, cin: int, cout: int, stride: int, dropout: float, drop_prob: float):
@@ -176,15 +171,15 @@ class WideBlock(nn.Module):
         self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
         self.drop_prob = drop_prob
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = F.relu(self.bn1(x))
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn1(x))
+
+    def branch(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(self.bn2(self.dropout(self.conv1(h)))))
+
+    def skip(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         # where the shape changes, the projection reads the pre-activated input, as in the authors' code
-        identity = x if self.shortcut is None else self.shortcut(o)
-
-        def branch(o: torch.Tensor) -> torch.Tensor:
-            return self.conv2(F.relu(self.bn2(self.dropout(self.conv1(o)))))
-
-        return stochastic_residual(branch, o, identity, self.drop_prob, self.training)
+        return x if self.shortcut is None else self.shortcut(h)
 
 
 class WideResNet(nn.Module):
