@@ -50,6 +50,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
 
+from cnnlab.models.layers import init_he_normal
 from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 PAPER = Paper(
@@ -196,14 +197,8 @@ class DenseNet(nn.Module):
         self.num_features = c
         self.classifier = nn.Linear(c, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_he_normal(self, mode="fan_in")
+        nn.init.zeros_(self.classifier.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # N x 1024 x 7 x 7 for densenet121 at 224x224; N x 456 x 8 x 8 for densenet40

@@ -109,7 +109,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import InceptionOutputs, ResidualBlock
+from cnnlab.models.layers import InceptionOutputs, ResidualBlock, init_he_normal
 from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 RETHINKING = Paper(
@@ -413,17 +413,6 @@ def reduction_a(k: int, l: int, m: int, n: int) -> tuple:
     )
 
 
-def _init_he(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def _stage(in_chans: int, block: tuple, n: int) -> nn.Sequential:
     return nn.Sequential(*(Mixed(in_chans, block) for _ in range(n)))
 
@@ -444,7 +433,7 @@ class InceptionV4(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(c, num_classes)
-        _init_he(self)
+        init_he_normal(self, mode="fan_in")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # N x 384 x 35 x 35
@@ -541,7 +530,7 @@ class InceptionResNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(1536, num_classes)
-        _init_he(self)
+        init_he_normal(self, mode="fan_in")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # N x 320 x 35 x 35

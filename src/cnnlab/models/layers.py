@@ -124,6 +124,20 @@ class InceptionOutputs(NamedTuple):
     aux_weights = (0.4,)
 
 
+def init_he_normal(model: nn.Module, mode: str = "fan_out") -> None:
+    """He et al. 2015's initialisation for ReLU networks: every convolution's weights from N(0, 2 / fan), with
+    ``mode`` the fan it counts ("fan_in" as in the paper; "fan_out", torchvision's choice for ResNet and VGG),
+    its bias zero; BatchNorm scale 1 and shift 0. Linear layers are left to the family."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def linear_drop_probs(blocks: int, rate: float) -> list[float]:
     """Stochastic depth's linear decay rule (Huang et al. 2016, Eq. 4): block l of L is dropped with
     probability l / L x ``rate`` (its survival probability p_l = 1 - l / L (1 - p_L), with p_L = 1 - rate)."""

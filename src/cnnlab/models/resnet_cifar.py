@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import ResidualBlock, linear_drop_probs
+from cnnlab.models.layers import ResidualBlock, init_he_normal, linear_drop_probs
 from cnnlab.models.registry import Figure, Paper, register_model
 from cnnlab.models.resnet import PAPER, WIDE, ZeroPadShortcut
 
@@ -101,7 +101,7 @@ class CifarResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(64, num_classes)
-        _init(self)
+        init_he_normal(self, mode="fan_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))  # N x 16 x 32 x 32
@@ -109,15 +109,6 @@ class CifarResNet(nn.Module):
         x = self.layer2(x)  # N x 32 x 16 x 16
         x = self.layer3(x)  # N x 64 x 8 x 8
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def _init(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def _register_cifar(depth: int) -> None:
@@ -202,7 +193,7 @@ class WideResNet(nn.Module):
         self.bn = nn.BatchNorm2d(cin)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(cin, num_classes)
-        _init(self)
+        init_he_normal(self, mode="fan_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # N x 16 x 32 x 32

@@ -30,7 +30,7 @@ from __future__ import annotations
 from torch import nn
 import torch
 
-from cnnlab.models.layers import LocalResponseNorm
+from cnnlab.models.layers import LocalResponseNorm, init_he_normal
 from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 PAPER = Paper(
@@ -86,14 +86,9 @@ class VGG(nn.Module):
             nn.Dropout(p=dropout),
             nn.Linear(4096, num_classes),
         )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+        init_he_normal(self.features, mode="fan_out")
+        for m in self.classifier.modules():
+            if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
