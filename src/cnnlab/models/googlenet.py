@@ -256,6 +256,7 @@ def agrees(ours: float, paper: float) -> bool:
 )
 def googlenet(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = True,
               dropout: float = 0.4) -> nn.Module:
+    """GoogLeNet as published by Szegedy et al. (2014), "Going deeper with convolutions": Table 1, Sec. 5."""
     return GoogLeNet(num_classes, in_chans, paper=True, aux_logits=aux_logits, dropout=dropout)
 
 
@@ -269,5 +270,6 @@ def googlenet(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = Tru
 )
 def googlenet_bn(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = True, dropout: float = 0.2,
                  transform_input: bool = False) -> nn.Module:
+    """torchvision's GoogLeNet (BatchNorm, 3x3 '5x5' branches), after Szegedy et al. (2014); loads its weights."""
     return GoogLeNet(num_classes, in_chans, paper=False, aux_logits=aux_logits, dropout=dropout,
                      transform_input=transform_input)

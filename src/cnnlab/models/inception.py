@@ -566,6 +566,7 @@ _TABLE2_NOTE = "ILSVRC 2012 val (non-blacklisted subset), single crop, single mo
 )
 def inception_v3(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = True,
                  transform_input: bool = False, dropout: float = 0.5) -> nn.Module:
+    """Inception-v3 of Szegedy et al. (2016), "Rethinking the Inception architecture", as torchvision builds it."""
     return InceptionV3(num_classes, in_chans, aux_logits, transform_input, dropout)
 
 
@@ -579,6 +580,7 @@ def inception_v3(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = 
     ),
 )
 def inception_v4(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.2) -> nn.Module:
+    """Inception-v4 of Szegedy et al. (2017), "Inception-v4, Inception-ResNet and ...", Fig. 9."""
     return InceptionV4(num_classes, in_chans, dropout)
 
 
@@ -594,4 +596,5 @@ def inception_v4(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.
 )
 def inception_resnet_v2(num_classes: int = 1000, in_chans: int = 3, blocks: Sequence[int] = (10, 20, 10),
                         dropout: float = 0.2) -> nn.Module:
+    """Inception-ResNet-v2 of Szegedy et al. (2017), as released in TF-slim."""
     return InceptionResNetV2(num_classes, in_chans, blocks, dropout)

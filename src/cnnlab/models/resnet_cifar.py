@@ -29,13 +29,15 @@ paper does not say where the zero channels go (we append them after the existing
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import ResidualBlock, init_he_normal, linear_drop_probs
-from cnnlab.models.registry import Figure, Paper, register_model
+from cnnlab.models.registry import Figure, Paper, documented, register_model
 from cnnlab.models.resnet import PAPER, WIDE, ZeroPadShortcut
 
 SD_PAPER = Paper(
@@ -111,31 +113,46 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _register_cifar(depth: int) -> None:
+def _resnet(depth: int, num_classes: int = 10, in_chans: int = 3, drop_path_rate: float = 0.0) -> nn.Module:
+    """The ``depth``-layer CIFAR-10 ResNet of Sec. 4.2: 6n + 2 layers, option A shortcuts."""
+    return CifarResNet(depth, num_classes, in_chans, True, drop_path_rate)
+
+
+def _plain(depth: int, num_classes: int = 10, in_chans: int = 3) -> nn.Module:
+    """The plain twin of the ``depth``-layer CIFAR-10 ResNet: the same layers without shortcuts."""
+    return CifarResNet(depth, num_classes, in_chans, False)
+
+
+def _variant(depth: int, plain: bool = False):
+    """Register the ``depth``-layer ResNet of Table 6 as ``resnet<depth>``, or its plain twin of Fig. 6 as
+    ``plain<depth>``, with Table 6's parameter count (and, for the ResNet, its test error)."""
     n, millions, precision, error = DEPTHS[depth]
-
-    def resnet(num_classes: int = 10, in_chans: int = 3, drop_path_rate: float = 0.0) -> nn.Module:
-        return CifarResNet(depth, num_classes, in_chans, True, drop_path_rate)
-
-    def plain(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
-        return CifarResNet(depth, num_classes, in_chans, False)
-
     table6 = "He et al. 2016, Table 6"
     figures = (Figure("params", millions * 1e6, table6, precision * 1e6),
                Figure("test_err", error, table6 + " (CIFAR-10, augmented)", 0.01, dataset="cifar10"))
-    for fn, what, figs in ((resnet, f"ResNet-{depth} for CIFAR-10 ({n} blocks per stage, option A)", figures),
-                           (plain, f"the {depth}-layer plain twin of ResNet-{depth} (no shortcuts)", figures[:1])):
-        name = ("resnet" if fn is resnet else "plain") + str(depth)
-        if fn is plain and depth == 1202:
-            continue
-        fn.__name__ = fn.__qualname__ = name
-        fn.__module__ = __name__
-        register_model(paper=PAPER, input_size=(3, 32, 32), num_classes=10, summary=what, figures=figs)(fn)
-        globals()[name] = fn
+    if plain:
+        name, builder, figures = f"plain{depth}", partial(_plain, depth), figures[:1]
+        what = f"the {depth}-layer plain twin of ResNet-{depth} (no shortcuts)"
+    else:
+        name, builder = f"resnet{depth}", partial(_resnet, depth)
+        what = f"ResNet-{depth} for CIFAR-10 ({n} blocks per stage, option A)"
+    documented(builder, f"{what}.\n\n{PAPER.citation} (Sec. 4.2, Table 6).")
+    return register_model(name=name, paper=PAPER, input_size=(3, 32, 32), num_classes=10, summary=what,
+                          figures=figures)(builder)
 
 
-for _depth in DEPTHS:
-    _register_cifar(_depth)
+# Table 6's networks (DEPTHS), and the plain twins Fig. 6 compares them with (none of 1202 layers)
+resnet20 = _variant(20)
+resnet32 = _variant(32)
+resnet44 = _variant(44)
+resnet56 = _variant(56)
+resnet110 = _variant(110)
+resnet1202 = _variant(1202)
+plain20 = _variant(20, plain=True)
+plain32 = _variant(32, plain=True)
+plain44 = _variant(44, plain=True)
+plain56 = _variant(56, plain=True)
+plain110 = _variant(110, plain=True)
 
 
 @register_model(
@@ -146,6 +163,7 @@ for _depth in DEPTHS:
              Figure("params", 1.7e6, "He et al. 2016, Table 6 (the same 110-layer network)", 0.1e6)),
 )
 def resnet110_sd(num_classes: int = 10, in_chans: int = 3, drop_path_rate: float = 0.5) -> nn.Module:
+    """ResNet-110 with stochastic depth, p_L = 0.5: the CIFAR-10 setting of Huang et al. (2016), Sec. 4."""
     return CifarResNet(110, num_classes, in_chans, True, drop_path_rate)
 
 
@@ -208,20 +226,22 @@ class WideResNet(nn.Module):
 WIDE_CONFIGS = {"wrn16_4": (16, 4, 2.7), "wrn28_10": (28, 10, 36.5), "wrn40_4": (40, 4, 8.9)}
 
 
-def _register_wide(name: str) -> None:
+def _wrn(depth: int, k: int, num_classes: int = 10, in_chans: int = 3, dropout: float = 0.0,
+         drop_path_rate: float = 0.0) -> nn.Module:
+    """WRN-``depth``-``k`` for CIFAR: pre-activation basic blocks, ``k`` times wider than ResNet's."""
+    return WideResNet(depth, k, num_classes, in_chans, dropout, drop_path_rate)
+
+
+def _wide_variant(name: str):
+    """Register WRN-d-k of ``WIDE_CONFIGS`` as ``name``, with Table 4's parameter count."""
     depth, k, millions = WIDE_CONFIGS[name]
-
-    def builder(num_classes: int = 10, in_chans: int = 3, dropout: float = 0.0,
-                drop_path_rate: float = 0.0) -> nn.Module:
-        return WideResNet(depth, k, num_classes, in_chans, dropout, drop_path_rate)
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
+    what = f"Wide ResNet WRN-{depth}-{k} for CIFAR (pre-activation, {k}x wider)"
     figures = (Figure("params", millions * 1e6, f"Zagoruyko & Komodakis 2016, Table 4 (WRN-{depth}-{k})", 0.1e6),)
-    register_model(paper=WIDE, input_size=(3, 32, 32), num_classes=10, figures=figures,
-                   summary=f"Wide ResNet WRN-{depth}-{k} for CIFAR (pre-activation, {k}x wider)")(builder)
-    globals()[name] = builder
+    builder = documented(partial(_wrn, depth, k), f"{what}.\n\n{WIDE.citation} (Table 4).")
+    return register_model(name=name, paper=WIDE, input_size=(3, 32, 32), num_classes=10, figures=figures,
+                          summary=what)(builder)
 
 
-for _name in WIDE_CONFIGS:
-    _register_wide(_name)
+wrn16_4 = _wide_variant("wrn16_4")
+wrn28_10 = _wide_variant("wrn28_10")
+wrn40_4 = _wide_variant("wrn40_4")
