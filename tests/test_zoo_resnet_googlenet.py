@@ -6,7 +6,8 @@ import torch.nn.functional as F
 import torchvision
 
 from cnnlab import CnnlabError, create_model, model_card, summary
-from cnnlab.models.googlenet import INCEPTION, TABLE1, agrees, render_table1, table1
+from cnnlab.analysis.paper_tables import paper_table_rows, render_paper_table
+from cnnlab.models.googlenet import INCEPTION, TABLE1
 from cnnlab.models.layers import GoogLeNetOutputs, ResidualBlock, linear_drop_probs
 from cnnlab.models.registry import model_options
 from cnnlab.models.resnet import ZeroPadShortcut
@@ -251,19 +252,20 @@ def test_googlenet_inception_table_and_output_widths():
 
 
 def test_googlenet_table_1_recomputed():
-    rows = {r["row"]: r for r in table1()}
+    assert model_card("googlenet").paper_table.rows == TABLE1  # the card carries the table as printed
+    rows = {r["row"]: r for r in paper_table_rows("googlenet")}
     assert set(rows) == set(TABLE1)
     # inception 3a by hand: weights of its six convolutions, without biases
     w3a = 192 * 64 + 192 * 96 + 96 * 128 * 9 + 192 * 16 + 16 * 32 * 25 + 192 * 32
     assert rows["inception3a"]["params_k"] * 1024 == w3a == 163_328
     assert rows["inception3a"]["ops_m"] * 1e6 == pytest.approx(w3a * 28 * 28)
-    ops_ok = {r for r in rows if agrees(rows[r]["ops_m"], TABLE1[r][1])}
-    params_ok = {r for r in rows if agrees(rows[r]["params_k"], TABLE1[r][0])}
+    ops_ok = {r for r in rows if rows[r]["ops_agree"]}
+    params_ok = {r for r in rows if rows[r]["params_agree"]}
     # the paper's own layer list reproduces its ops column except conv1 and 5a, and its params column
     # except conv1, 4c, 4d, 5a, 5b; the rendered table flags exactly these
     assert set(rows) - ops_ok == {"conv1", "inception5a"}
     assert set(rows) - params_ok == {"conv1", "inception4c", "inception4d", "inception5a", "inception5b"}
-    text = render_table1()
+    text = render_paper_table("googlenet")
     assert sum("  <- " in line for line in text.splitlines()) == 5
 
 
@@ -278,7 +280,7 @@ def test_googlenet_summary_prints_table_1(golden):
         assert main(["summary", "googlenet", "--depth", "1"]) in (0, None)
     out = buf.getvalue()
     assert "Table 1" in out and "K = 1024" in out
-    golden("googlenet_table1.txt", render_table1() + "\n")
+    golden("googlenet_table1.txt", render_paper_table("googlenet") + "\n")
 
 
 @pytest.mark.parametrize("name", ["googlenet", "googlenet_bn"])

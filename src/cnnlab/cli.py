@@ -283,7 +283,9 @@ def _summary(args) -> str:
     text = s.render(args.format, args.depth)
     card = model_card(args.name)
     if card.paper_table and args.format == "table" and not args.input and not kwargs:
-        text = text.rstrip("\n") + "\n\n" + card.paper_table() + "\n"
+        from cnnlab.analysis.paper_tables import render_paper_table
+
+        text = text.rstrip("\n") + "\n\n" + render_paper_table(args.name) + "\n"
     return text
 
 

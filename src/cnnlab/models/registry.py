@@ -19,8 +19,8 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["Figure", "ModelCard", "Paper", "create_model", "docstring", "documented", "is_model", "list_models",
-           "model_card", "model_entrypoint", "model_options", "register_model", "torchvision_figures"]
+__all__ = ["Figure", "ModelCard", "Paper", "PaperTable", "create_model", "docstring", "documented", "is_model",
+           "list_models", "model_card", "model_entrypoint", "model_options", "register_model", "torchvision_figures"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,26 @@ def torchvision_figures(weights: str, params: int, gflops: float, top1: float, t
 
 
 @dataclass(frozen=True)
+class PaperTable:
+    """A paper's per-layer table of parameters and operations, as printed, for the inspector to recompute
+    from the model (``cnnlab summary`` prints both side by side; ``cnnlab.analysis.paper_tables``).
+
+    ``rows`` maps each row to its printed (params, ops): params are weights without biases in K = 1024,
+    ops are millions of multiply-adds, as in GoogLeNet's Table 1. ``modules`` names the model's modules
+    that make up a row (default: the module of the row's name); ``options`` are the ``create_model``
+    options the table describes. A printed figure agrees with ours within its own rounding (the last digit
+    printed) or within ``tolerance``, a fraction of the figure, for tables whose figures are known to be
+    rounded loosely.
+    """
+
+    source: str
+    rows: dict[str, tuple[float, float]]
+    modules: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     paper: Paper
@@ -97,8 +117,8 @@ class ModelCard:
     summary: str
     figures: tuple[Figure, ...] = ()
     family: str = ""
-    # A paper table recomputed from the model (e.g. GoogLeNet's Table 1), printed under `cnnlab summary`.
-    paper_table: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    # A paper's table as printed (e.g. GoogLeNet's Table 1); `cnnlab summary` recomputes it and prints both.
+    paper_table: PaperTable | None = field(default=None, repr=False, compare=False)
 
     def figure(self, metric: str) -> Figure | None:
         return next((f for f in self.figures if f.metric == metric), None)
@@ -115,7 +135,7 @@ _REGISTRY: dict[str, _Entry] = {}
 
 def register_model(*, paper: Paper, input_size: tuple[int, int, int], summary: str,
                    num_classes: int = 1000, figures: tuple[Figure, ...] = (),
-                   paper_table: Callable[[], str] | None = None, name: str | None = None):
+                   paper_table: PaperTable | None = None, name: str | None = None):
     """Register ``fn(num_classes, in_chans, **options) -> nn.Module`` as model ``name`` (by default
     ``fn.__name__``) and return ``fn``. Its options are its parameters after ``num_classes`` and ``in_chans``,
     with their defaults.
