@@ -129,3 +129,16 @@ def test_a_cifar10_jpeg_run_stands_in_for_cifar10_and_says_so(tmp_path, monkeypa
     assert err.trained and err.ours == pytest.approx(9.0) and err.figure.value == 8.75
     assert err.verdict == "within noise"  # 0.25 points; 2 SE of 8.75% on 10,000 images is 0.57
     assert note.endswith("(10,000 images, one centre view); cifar10_jpeg is a lossy copy of cifar10.")
+
+
+def test_one_agreement_rule_for_the_report_and_the_paper_tables():
+    from cnnlab.analysis.fidelity import agrees
+
+    # the printed figure's rounding: "133M" stands for 132.5M to 133.5M
+    assert agrees(133.5e6, 133e6, 1e6) and not agrees(133.6e6, 133e6, 1e6)
+    assert agrees(159.5, 159, 1)  # exactly half a unit away, in floating point
+    # a tolerance the source declares (GoogLeNet's Table 1: 1%) widens it: inception4e's printed 840K, ours 847K
+    assert agrees(847.0, 840, 1, 0.01) and not agrees(847.0, 840, 1)
+    assert not agrees(590.5, 580, 1, 0.01)  # inception4d, 1.8% off: the table's error
+    # the report's figures declare none: ResNet-50's printed 3.8 G against our 3.86 G (1.5%) differs
+    assert not agrees(3_857_973_248, 3.8e9, 0.1e9)

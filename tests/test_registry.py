@@ -1,11 +1,13 @@
-import inspect
+import importlib
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 import cnnlab
 from cnnlab import CnnlabError, create_model, list_models, model_card
-from cnnlab.models.registry import METRICS
+from cnnlab.models.registry import METRICS, docstring, model_entrypoint
 from cnnlab.transfer import (
     TORCHVISION_WEIGHTS,  # the mapping transfer learning downloads by
 )
@@ -32,6 +34,12 @@ def test_list_models_filters_by_wildcard_and_substring():
     assert list_models("vgg1[13]") == ["vgg11", "vgg13"]
     assert set(list_models("lenet")) == {"lenet5", "lenet5_modern", "googlenet", "googlenet_bn"}  # goog-le-net
     assert list_models("no-such-thing") == []
+
+
+def test_is_model_answers_without_raising():
+    from cnnlab.models.registry import is_model
+
+    assert is_model("vgg16") and not is_model("vgg61") and not is_model("")
 
 
 def test_unknown_model_suggests_the_closest_names():
@@ -61,10 +69,47 @@ def test_card_is_complete(name):
 
 @pytest.mark.parametrize("name", list_models())
 def test_module_docstring_cites_the_paper_and_states_departures(name):
-    module = inspect.getmodule(create_model.__globals__["_REGISTRY"][name].builder)
+    module = importlib.import_module(f"cnnlab.models.{model_card(name).family}")
     doc = module.__doc__ or ""
     assert str(model_card(name).paper.year) in doc or model_card(name).paper.authors.split()[1] in doc
     assert "depart" in doc.lower()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_builder_is_documented_and_named_in_its_family_module(name):
+    # one registration path: every builder has a docstring that cites its paper, and is the module attribute
+    # of the model's name (what IDEs, linters and `from cnnlab.models.vgg import vgg16` see)
+    builder, card = model_entrypoint(name), model_card(name)
+    doc = docstring(builder)
+    assert doc and str(card.paper.year) in doc, f"{name}: builder docstring {doc!r}"
+    assert getattr(importlib.import_module(f"cnnlab.models.{card.family}"), name) is builder
+
+
+def test_models_are_registered_without_writing_module_globals():
+    models = Path(importlib.import_module("cnnlab.models").__file__).parent
+    offenders = [f"{path.name}:{i}" for path in sorted(models.glob("*.py"))
+                 for i, line in enumerate(path.read_text().splitlines(), 1) if re.search(r"globals\(\)\s*\[", line)]
+    assert not offenders, f"register models with register_model, not globals()[name] = builder: {offenders}"
+
+
+def test_register_model_refuses_an_undocumented_builder_and_keyword_bound_partials():
+    from functools import partial
+
+    from cnnlab.models.registry import Paper, register_model
+
+    paper = Paper("t", "a b", 2000, "https://example.org")
+
+    def undocumented(num_classes: int = 10, in_chans: int = 3):
+        return torch.nn.Linear(in_chans, num_classes)
+
+    with pytest.raises(RuntimeError, match="docstring"):
+        register_model(paper=paper, input_size=(3, 8, 8), summary="s")(undocumented)
+    with pytest.raises(RuntimeError, match="docstring"):
+        register_model(name="bare_partial", paper=paper, input_size=(3, 8, 8), summary="s")(partial(undocumented))
+    with pytest.raises(RuntimeError, match="by position"):
+        register_model(name="keyword_partial", paper=paper, input_size=(3, 8, 8), summary="s")(
+            partial(undocumented, in_chans=3))
+    assert "undocumented" not in list_models() and "bare_partial" not in list_models()
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -252,7 +252,9 @@ def test_golden_tables(golden):
 def test_bad_inputs_are_clear_errors():
     with pytest.raises(CnnlabError, match="CxHxW"):
         summary("vgg16", "3x224xabc")
-    with pytest.raises(CnnlabError, match="cannot run on a 1x4x4 input"):
+    with pytest.raises(CnnlabError, match="cannot run on a 1x4x4 input.*default input 1x32x32"):
         summary("lenet5", (1, 4, 4))
+    with pytest.raises(CnnlabError, match="Sequential cannot run.*default input \\(see its model card\\)"):
+        summary(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 5)), (1, 4, 4))
     with pytest.raises(CnnlabError, match="three positive"):
         summary("lenet5", (1, 0, 32))

@@ -6,8 +6,10 @@ import torch.nn.functional as F
 import torchvision
 
 from cnnlab import CnnlabError, create_model, model_card, summary
-from cnnlab.models.googlenet import INCEPTION, TABLE1, agrees, render_table1, table1
-from cnnlab.models.layers import GoogLeNetOutputs, linear_drop_probs
+from cnnlab.analysis.paper_tables import paper_table_rows, render_paper_table
+from cnnlab.models.googlenet import INCEPTION, TABLE1
+from cnnlab.models.layers import GoogLeNetOutputs, ResidualBlock, linear_drop_probs
+from cnnlab.models.registry import model_options
 from cnnlab.models.resnet import ZeroPadShortcut
 from cnnlab.train.trainer import classification_loss
 
@@ -165,6 +167,24 @@ def test_wide_block_is_pre_activation_with_dropout():
     assert m.fc.in_features == 256
 
 
+@pytest.mark.parametrize("name,options", [
+    ("resnet18", {}), ("resnet50", {}), ("plain18", {}), ("resnet20", {}), ("plain20", {}), ("wrn16_4", {}),
+    ("inception_resnet_v2", {"blocks": (1, 1, 1)}),
+])
+def test_residual_blocks_share_one_forward(name, options):
+    with torch.device("meta"):
+        m = create_model(name, **options)
+    blocks = [b for b in m.modules() if isinstance(b, ResidualBlock)]
+    assert blocks and all(type(b).forward is ResidualBlock.forward for b in blocks)
+    assert not any(b.may_skip_parameters for b in blocks)
+    if "drop_path_rate" in model_options(name) and not name.startswith("plain"):
+        # stochastic depth tells distributed training that a step may leave parameters unused (WRN's block
+        # once did not say so)
+        with torch.device("meta"):
+            m = create_model(name, **options, drop_path_rate=0.2)
+        assert all(b.may_skip_parameters for b in m.modules() if isinstance(b, ResidualBlock))
+
+
 # -- stochastic depth ----------------------------------------------------------------------------------------
 def test_linear_decay_rule():
     probs = linear_drop_probs(54, 0.5)
@@ -192,6 +212,22 @@ def test_drop_path_is_active_in_training_and_scaled_in_eval():
     assert dropped < 200
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_dropped_branch_leaves_the_block_input_alone_and_trains(name):
+    # The in-place ReLU after the sum once wrote into the block's input when the branch was dropped and the
+    # shortcut was the identity: the caller's tensor changed and backward failed (a saved tensor modified).
+    m = create_model(name, drop_path_rate=0.9).train()
+    block = m.layer4[-1]  # drop probability 0.9, identity shortcut
+    x = torch.randn(2, block.conv1.in_channels, 4, 4)
+    before = x.clone()
+    torch.manual_seed(0)
+    outs = [block(x) for _ in range(20)]
+    assert any(torch.equal(o, F.relu(before)) for o in outs) and torch.equal(x, before)
+    torch.manual_seed(0)
+    for _ in range(3):
+        m(torch.randn(2, 3, 64, 64)).sum().backward()
+
+
 def test_drop_path_on_imagenet_resnets_and_eval_equals_no_drop_when_rate_zero():
     m = create_model("resnet18", drop_path_rate=0.2).eval()
     blocks = [b for s in (m.layer1, m.layer2, m.layer3, m.layer4) for b in s]
@@ -216,19 +252,20 @@ def test_googlenet_inception_table_and_output_widths():
 
 
 def test_googlenet_table_1_recomputed():
-    rows = {r["row"]: r for r in table1()}
+    assert model_card("googlenet").paper_table.rows == TABLE1  # the card carries the table as printed
+    rows = {r["row"]: r for r in paper_table_rows("googlenet")}
     assert set(rows) == set(TABLE1)
     # inception 3a by hand: weights of its six convolutions, without biases
     w3a = 192 * 64 + 192 * 96 + 96 * 128 * 9 + 192 * 16 + 16 * 32 * 25 + 192 * 32
     assert rows["inception3a"]["params_k"] * 1024 == w3a == 163_328
     assert rows["inception3a"]["ops_m"] * 1e6 == pytest.approx(w3a * 28 * 28)
-    ops_ok = {r for r in rows if agrees(rows[r]["ops_m"], TABLE1[r][1])}
-    params_ok = {r for r in rows if agrees(rows[r]["params_k"], TABLE1[r][0])}
+    ops_ok = {r for r in rows if rows[r]["ops_agree"]}
+    params_ok = {r for r in rows if rows[r]["params_agree"]}
     # the paper's own layer list reproduces its ops column except conv1 and 5a, and its params column
     # except conv1, 4c, 4d, 5a, 5b; the rendered table flags exactly these
     assert set(rows) - ops_ok == {"conv1", "inception5a"}
     assert set(rows) - params_ok == {"conv1", "inception4c", "inception4d", "inception5a", "inception5b"}
-    text = render_table1()
+    text = render_paper_table("googlenet")
     assert sum("  <- " in line for line in text.splitlines()) == 5
 
 
@@ -243,7 +280,7 @@ def test_googlenet_summary_prints_table_1(golden):
         assert main(["summary", "googlenet", "--depth", "1"]) in (0, None)
     out = buf.getvalue()
     assert "Table 1" in out and "K = 1024" in out
-    golden("googlenet_table1.txt", render_table1() + "\n")
+    golden("googlenet_table1.txt", render_paper_table("googlenet") + "\n")
 
 
 @pytest.mark.parametrize("name", ["googlenet", "googlenet_bn"])

@@ -140,16 +140,15 @@ def summary_command(sub) -> None:
 
 
 def _summary(args) -> str:
+    from cnnlab.analysis.paper_tables import with_paper_table
     from cnnlab.analysis.summary import summary
-    from cnnlab.models import model_card
     from cnnlab.models.registry import coerce_model_options
 
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     kwargs.update(coerce_model_options(args.name, args.model_option))
     text = summary(args.name, args.input, depth=args.depth, **kwargs).render(args.format, args.depth)
-    card = model_card(args.name)
-    if card.paper_table and args.format == "table" and not args.input and not kwargs:
-        text = text.rstrip("\n") + "\n\n" + card.paper_table() + "\n"
+    if args.format == "table" and not args.input and not kwargs:  # the paper's own layer table, if it has one
+        text = with_paper_table(text, args.name)
     return text
 
 

@@ -528,6 +528,5 @@ def _first_line(e: Exception) -> str:
 
 
 def _default_input(name: str) -> str:
-    from cnnlab.models.registry import _REGISTRY
-    entry = _REGISTRY.get(name)
-    return "x".join(map(str, entry.card.input_size)) if entry else "(see its model card)"
+    from cnnlab.models.registry import is_model, model_card
+    return "x".join(map(str, model_card(name).input_size)) if is_model(name) else "(see its model card)"

@@ -138,6 +138,7 @@ class AlexNetPaper(nn.Module):
     ),
 )
 def alexnet(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> nn.Module:
+    """torchvision's AlexNet, the one-tower variant of Krizhevsky (2014), "One weird trick"; loads its weights."""
     return AlexNet(num_classes, in_chans, dropout)
 
 
@@ -155,4 +156,5 @@ def alexnet(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) ->
     ),
 )
 def alexnet_paper(num_classes: int = 1000, in_chans: int = 3, towers: int = 2, dropout: float = 0.5) -> nn.Module:
+    """AlexNet as published by Krizhevsky, Sutskever & Hinton (2012): LRN, two GPU towers as grouped convs."""
     return AlexNetPaper(num_classes, in_chans, towers, dropout)

@@ -44,13 +44,15 @@ Departures from the paper, and why:
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
 
-from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
+from cnnlab.models.layers import init_he_normal
+from cnnlab.models.registry import Figure, Paper, documented, register_model, torchvision_figures
 
 PAPER = Paper(
     title="Densely Connected Convolutional Networks",
@@ -196,14 +198,8 @@ class DenseNet(nn.Module):
         self.num_features = c
         self.classifier = nn.Linear(c, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_he_normal(self, mode="fan_in")
+        nn.init.zeros_(self.classifier.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # N x 1024 x 7 x 7 for densenet121 at 224x224; N x 456 x 8 x 8 for densenet40
@@ -212,50 +208,53 @@ class DenseNet(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def _register_imagenet(name: str, tv: tuple | None, what: str):
-    k, blocks = IMAGENET[name]
-
-    def builder(num_classes: int = 1000, in_chans: int = 3, memory_efficient: bool = False,
-                drop_rate: float = 0.0) -> nn.Module:
-        return DenseNet(k, blocks, 2 * k, bottleneck=True, compression=0.5, stem="imagenet", drop_rate=drop_rate,
-                        num_classes=num_classes, in_chans=in_chans, memory_efficient=memory_efficient)
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
-    register_model(paper=PAPER, input_size=(3, 224, 224), summary=what,
-                   figures=torchvision_figures(*tv) if tv else ())(builder)
-    globals()[name] = builder
+def _imagenet(k: int, blocks: tuple[int, ...], num_classes: int = 1000, in_chans: int = 3,
+              memory_efficient: bool = False, drop_rate: float = 0.0) -> nn.Module:
+    """A DenseNet-BC of Table 1: growth rate ``k``, dense blocks of ``blocks`` layers, compression 0.5."""
+    return DenseNet(k, blocks, 2 * k, bottleneck=True, compression=0.5, stem="imagenet", drop_rate=drop_rate,
+                    num_classes=num_classes, in_chans=in_chans, memory_efficient=memory_efficient)
 
 
-def _register_cifar(name: str, millions: float, what: str):
-    depth, k, bc, theta = CIFAR[name]
+def _cifar(depth: int, k: int, bc: bool, theta: float, num_classes: int = 10, in_chans: int = 3,
+           drop_rate: float = 0.0, memory_efficient: bool = False) -> nn.Module:
+    """A CIFAR DenseNet of Table 2: depth L = ``depth``, growth rate ``k``, three blocks; DenseNet-BC if ``bc``
+    (bottlenecks, compression ``theta``)."""
     per_block = (depth - 4) // (6 if bc else 3)
+    return DenseNet(k, (per_block,) * 3, 2 * k if bc else 16, bottleneck=bc, compression=theta, stem="cifar",
+                    drop_rate=drop_rate, num_classes=num_classes, in_chans=in_chans,
+                    memory_efficient=memory_efficient, paper_dropout=True)
+
+
+def _imagenet_variant(name: str, tv: tuple | None, what: str):
+    """Register the Table 1 network ``name`` (``IMAGENET``), with torchvision's metadata where it has weights."""
+    builder = documented(partial(_imagenet, *IMAGENET[name]), f"{what}.\n\n{PAPER.citation}")
+    return register_model(name=name, paper=PAPER, input_size=(3, 224, 224), summary=what,
+                          figures=torchvision_figures(*tv) if tv else ())(builder)
+
+
+def _cifar_variant(name: str, millions: float, what: str):
+    """Register the Table 2 network ``name`` (``CIFAR``), with Table 2's parameter count."""
+    depth, k, bc, theta = CIFAR[name]
     row = f"DenseNet{'-BC' if bc else ''} (L={depth}, k={k})"
     figures = (Figure("params", millions * 1e6, f"Huang et al. 2017, Table 2: {row}", 0.1e6, "CIFAR-10 (10 classes)"),)
-
-    def builder(num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0,
-                memory_efficient: bool = False) -> nn.Module:
-        return DenseNet(k, (per_block,) * 3, 2 * k if bc else 16, bottleneck=bc, compression=theta, stem="cifar",
-                        drop_rate=drop_rate, num_classes=num_classes, in_chans=in_chans,
-                        memory_efficient=memory_efficient, paper_dropout=True)
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
-    register_model(paper=PAPER, input_size=(3, 32, 32), num_classes=10, summary=what, figures=figures)(builder)
-    globals()[name] = builder
+    builder = documented(partial(_cifar, depth, k, bc, theta), f"{what}.\n\n{PAPER.citation}")
+    return register_model(name=name, paper=PAPER, input_size=(3, 32, 32), num_classes=10, summary=what,
+                          figures=figures)(builder)
 
 
-#                   name           torchvision weights, params, GFLOPS, acc@1, acc@5
-_register_imagenet("densenet121", ("DenseNet121_Weights", 7_978_856, 2.834, 74.434, 91.972),
-                   "DenseNet-BC-121 for ImageNet: k=32, blocks 6-12-24-16 (Table 1)")
-_register_imagenet("densenet161", ("DenseNet161_Weights", 28_681_000, 7.728, 77.138, 93.560),
-                   "DenseNet-BC-161 for ImageNet: k=48, blocks 6-12-36-24 (authors' release, torchvision)")
-_register_imagenet("densenet169", ("DenseNet169_Weights", 14_149_480, 3.360, 75.600, 92.806),
-                   "DenseNet-BC-169 for ImageNet: k=32, blocks 6-12-32-32 (Table 1)")
-_register_imagenet("densenet201", ("DenseNet201_Weights", 20_013_928, 4.291, 76.896, 93.370),
-                   "DenseNet-BC-201 for ImageNet: k=32, blocks 6-12-48-32 (Table 1)")
-_register_imagenet("densenet264", None, "DenseNet-BC-264 for ImageNet: k=32, blocks 6-12-64-48 (Table 1)")
+# torchvision weights: enum, params, GFLOPS, acc@1, acc@5
+densenet121 = _imagenet_variant("densenet121", ("DenseNet121_Weights", 7_978_856, 2.834, 74.434, 91.972),
+                                "DenseNet-BC-121 for ImageNet: k=32, blocks 6-12-24-16 (Table 1)")
+densenet161 = _imagenet_variant("densenet161", ("DenseNet161_Weights", 28_681_000, 7.728, 77.138, 93.560),
+                                "DenseNet-BC-161 for ImageNet: k=48, blocks 6-12-36-24 (authors' release, torchvision)")
+densenet169 = _imagenet_variant("densenet169", ("DenseNet169_Weights", 14_149_480, 3.360, 75.600, 92.806),
+                                "DenseNet-BC-169 for ImageNet: k=32, blocks 6-12-32-32 (Table 1)")
+densenet201 = _imagenet_variant("densenet201", ("DenseNet201_Weights", 20_013_928, 4.291, 76.896, 93.370),
+                                "DenseNet-BC-201 for ImageNet: k=32, blocks 6-12-48-32 (Table 1)")
+densenet264 = _imagenet_variant("densenet264", None,
+                                "DenseNet-BC-264 for ImageNet: k=32, blocks 6-12-64-48 (Table 1)")
 
-_register_cifar("densenet40", 1.0, "DenseNet (L=40, k=12) for CIFAR: 3 blocks of 12 BN-ReLU-Conv3x3 layers")
-_register_cifar("densenet_bc100", 0.8, "DenseNet-BC (L=100, k=12) for CIFAR: 3 blocks of 16 bottleneck layers, "
-                "compression 0.5")
+densenet40 = _cifar_variant("densenet40", 1.0,
+                            "DenseNet (L=40, k=12) for CIFAR: 3 blocks of 12 BN-ReLU-Conv3x3 layers")
+densenet_bc100 = _cifar_variant("densenet_bc100", 0.8, "DenseNet-BC (L=100, k=12) for CIFAR: 3 blocks of 16 "
+                                "bottleneck layers, compression 0.5")

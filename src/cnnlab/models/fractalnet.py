@@ -51,10 +51,12 @@ Departures from the paper, and why:
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
-from cnnlab.models.registry import Paper, register_model
+from cnnlab.models.registry import Paper, documented, register_model
 
 PAPER = Paper(
     title="FractalNet: Ultra-Deep Neural Networks without Residuals",
@@ -197,20 +199,21 @@ class FractalNet(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def _register(name: str, what: str):
-    num_columns = CONFIGS[name]
-
-    def builder(num_classes: int = 10, in_chans: int = 3, drop_path: bool = True, local_drop_prob: float = 0.15,
-                global_ratio: float = 0.5, dropout: tuple[float, ...] | None = None, column: int | None = None,
-                widths: tuple[int, ...] = WIDTHS) -> nn.Module:
-        return FractalNet(num_columns, widths, num_classes, in_chans, dropout, drop_path, local_drop_prob,
-                          global_ratio, column)
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
-    register_model(paper=PAPER, input_size=(3, 32, 32), num_classes=10, summary=what)(builder)
-    globals()[name] = builder
+def _fractalnet(num_columns: int, num_classes: int = 10, in_chans: int = 3, drop_path: bool = True,
+                local_drop_prob: float = 0.15, global_ratio: float = 0.5, dropout: tuple[float, ...] | None = None,
+                column: int | None = None, widths: tuple[int, ...] = WIDTHS) -> nn.Module:
+    """The CIFAR FractalNet of Sec. 4 with fractal blocks of ``num_columns`` columns."""
+    return FractalNet(num_columns, widths, num_classes, in_chans, dropout, drop_path, local_drop_prob,
+                      global_ratio, column)
 
 
-_register("fractalnet20", "FractalNet for CIFAR: 5 fractal blocks of C=3 columns, 20 layers deep, drop-path")
-_register("fractalnet40", "FractalNet for CIFAR: 5 fractal blocks of C=4 columns, 40 layers deep, drop-path")
+def _variant(name: str, what: str):
+    """Register the network ``name`` of ``CONFIGS``."""
+    builder = documented(partial(_fractalnet, CONFIGS[name]), f"{what}.\n\n{PAPER.citation} (Sec. 4).")
+    return register_model(name=name, paper=PAPER, input_size=(3, 32, 32), num_classes=10, summary=what)(builder)
+
+
+fractalnet20 = _variant("fractalnet20", "FractalNet for CIFAR: 5 fractal blocks of C=3 columns, 20 layers deep, "
+                        "drop-path")
+fractalnet40 = _variant("fractalnet40", "FractalNet for CIFAR: 5 fractal blocks of C=4 columns, 40 layers deep, "
+                        "drop-path")

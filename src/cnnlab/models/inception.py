@@ -109,7 +109,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import InceptionOutputs
+from cnnlab.models.layers import InceptionOutputs, ResidualBlock, init_he_normal
 from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
 
 RETHINKING = Paper(
@@ -413,17 +413,6 @@ def reduction_a(k: int, l: int, m: int, n: int) -> tuple:
     )
 
 
-def _init_he(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def _stage(in_chans: int, block: tuple, n: int) -> nn.Sequential:
     return nn.Sequential(*(Mixed(in_chans, block) for _ in range(n)))
 
@@ -444,7 +433,7 @@ class InceptionV4(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(c, num_classes)
-        _init_he(self)
+        init_he_normal(self, mode="fan_in")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # N x 384 x 35 x 35
@@ -494,7 +483,7 @@ RESNET_V2_REDUCTION_B = (  # Fig. 18: 17x17x1088 -> 8x8x(1088 + 384 + 288 + 320)
 RESNET_SCALES = (0.17, 0.10, 0.20)  # Sec. 3.3: residuals scaled by 0.1-0.3; the release's values per stage
 
 
-class InceptionResNetBlock(nn.Module):
+class InceptionResNetBlock(ResidualBlock):
     """x -> ReLU(x + scale * up(branches(x))). ``up`` is the "1x1 Conv (Linear)": bias, no BN, no ReLU."""
 
     def __init__(self, channels: int, branches: tuple, scale: float, relu: bool = True):
@@ -504,8 +493,11 @@ class InceptionResNetBlock(nn.Module):
         self.scale = scale
         self.relu = nn.ReLU(inplace=True) if relu else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(x + self.scale * self.up(self.branches(x)))
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.up(self.branches(x))
+
+    def post(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"
@@ -538,7 +530,7 @@ class InceptionResNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(1536, num_classes)
-        _init_he(self)
+        init_he_normal(self, mode="fan_in")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # N x 320 x 35 x 35
@@ -574,6 +566,7 @@ _TABLE2_NOTE = "ILSVRC 2012 val (non-blacklisted subset), single crop, single mo
 )
 def inception_v3(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = True,
                  transform_input: bool = False, dropout: float = 0.5) -> nn.Module:
+    """Inception-v3 of Szegedy et al. (2016), "Rethinking the Inception architecture", as torchvision builds it."""
     return InceptionV3(num_classes, in_chans, aux_logits, transform_input, dropout)
 
 
@@ -587,6 +580,7 @@ def inception_v3(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = 
     ),
 )
 def inception_v4(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.2) -> nn.Module:
+    """Inception-v4 of Szegedy et al. (2017), "Inception-v4, Inception-ResNet and ...", Fig. 9."""
     return InceptionV4(num_classes, in_chans, dropout)
 
 
@@ -602,4 +596,5 @@ def inception_v4(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.
 )
 def inception_resnet_v2(num_classes: int = 1000, in_chans: int = 3, blocks: Sequence[int] = (10, 20, 10),
                         dropout: float = 0.2) -> nn.Module:
+    """Inception-ResNet-v2 of Szegedy et al. (2017), as released in TF-slim."""
     return InceptionResNetV2(num_classes, in_chans, blocks, dropout)

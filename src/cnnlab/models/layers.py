@@ -124,6 +124,20 @@ class InceptionOutputs(NamedTuple):
     aux_weights = (0.4,)
 
 
+def init_he_normal(model: nn.Module, mode: str = "fan_out") -> None:
+    """He et al. 2015's initialisation for ReLU networks: every convolution's weights from N(0, 2 / fan), with
+    ``mode`` the fan it counts ("fan_in" as in the paper; "fan_out", torchvision's choice for ResNet and VGG),
+    its bias zero; BatchNorm scale 1 and shift 0. Linear layers are left to the family."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def linear_drop_probs(blocks: int, rate: float) -> list[float]:
     """Stochastic depth's linear decay rule (Huang et al. 2016, Eq. 4): block l of L is dropped with
     probability l / L x ``rate`` (its survival probability p_l = 1 - l / L (1 - p_L), with p_L = 1 - rate)."""
@@ -143,3 +157,44 @@ def stochastic_residual(branch, x: torch.Tensor, identity: torch.Tensor, drop_pr
             return identity
         return branch(x) + identity
     return branch(x) * (1.0 - drop_prob) + identity
+
+
+class ResidualBlock(nn.Module):
+    """A residual block, y = post(skip(x) + branch(x)) (He et al. 2016, Eq. 1), with stochastic depth.
+
+    A family's block defines ``branch`` (the residual function F) and, where the identity does not fit,
+    ``skip`` (zero-padding, a projection); ``post`` is what follows the sum (a ReLU, or nothing). A
+    pre-activation block (He et al. 2016b) normalises its input once for both paths: ``pre`` runs first, the
+    branch reads its result ``h``, and ``skip(x, h)`` chooses which one a projection reads. ``residual=False``
+    makes it a plain block, post(branch(x)), with the same layers. ``drop_prob`` is stochastic depth (see
+    ``stochastic_residual``). The block's modules, and so its state_dict keys, are the family's own.
+    """
+
+    residual: bool = True
+    drop_prob: float = 0.0
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def skip(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def post(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @property
+    def may_skip_parameters(self) -> bool:
+        """Whether a training step may leave this block's parameters unused (stochastic depth)."""
+        return self.residual and self.drop_prob > 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pre(x)
+        if not self.residual:
+            return self.post(self.branch(h))
+        out = stochastic_residual(self.branch, h, self.skip(x, h), self.drop_prob, self.training)
+        # A dropped branch returns the shortcut itself, which may be the block's input: an in-place ``post``
+        # must not write into it (the caller's tensor, and one autograd may have saved for an earlier layer).
+        return self.post(out.clone() if out is x else out)

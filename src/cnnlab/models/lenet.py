@@ -242,6 +242,7 @@ MNIST_NOTE = "MNIST test set, 28x28 digits padded to 32x32"
     ),
 )
 def lenet5(num_classes: int = 10, in_chans: int = 1, head: str = "rbf") -> nn.Module:
+    """LeNet-5 as published by LeCun, Bottou, Bengio & Haffner (1998), Sec. II.B and Appendix A."""
     return LeNet5(num_classes, in_chans, head)
 
 
@@ -251,4 +252,5 @@ def lenet5(num_classes: int = 10, in_chans: int = 1, head: str = "rbf") -> nn.Mo
     figures=(Figure("params", 61_706, "lecture: PyTorch LeNet-5 (conv 6, 16; fc 120, 84, 10)"),),
 )
 def lenet5_modern(num_classes: int = 10, in_chans: int = 1) -> nn.Module:
+    """The lecture's LeNet-5 (ReLU, max-pooling), after LeCun et al. (1998)."""
     return LeNet5Modern(num_classes, in_chans)

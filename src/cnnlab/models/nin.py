@@ -86,6 +86,7 @@ class NiN(nn.Module):
     ),
 )
 def nin_cifar(num_classes: int = 10, in_chans: int = 3, dropout: float = 0.5) -> nn.Module:
+    """Network in Network for CIFAR-10, Lin, Chen & Yan (2014): three mlpconv layers, global average pooling."""
     return NiN(
         blocks=[
             mlpconv(in_chans, (192, 160, 96), 5, padding=2),  # N x 96 x 32 x 32
@@ -102,6 +103,7 @@ def nin_cifar(num_classes: int = 10, in_chans: int = 3, dropout: float = 0.5) ->
     summary="Network in Network for ImageNet: four mlpconv layers, global average pooling",
 )
 def nin(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> nn.Module:
+    """Network in Network for ImageNet, Lin, Chen & Yan (2014): four mlpconv layers, global average pooling."""
     return NiN(
         blocks=[
             mlpconv(in_chans, (96, 96, 96), 11, stride=4),  # N x 96 x 54 x 54

@@ -1,14 +1,16 @@
 """One registry, one way to build.
 
-Every architecture registers a builder function with :func:`register_model`; the function's name is the
-model's name. Everything else — listing, building, cards, the test suite's parametrisation — asks this
-registry, so a model added is a model listed, inspected and tested.
+Every architecture registers a documented builder with :func:`register_model`: a function, whose name is
+the model's name, or, for the rows of a paper's table, a ``functools.partial`` of the family's builder with
+the row bound, named explicitly. Everything else — listing, building, cards, the test suite's
+parametrisation — asks this registry, so a model added is a model listed, inspected and tested.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +19,8 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["Figure", "ModelCard", "Paper", "create_model", "list_models", "model_card", "model_options",
-           "register_model", "torchvision_figures"]
+__all__ = ["Figure", "ModelCard", "Paper", "PaperTable", "create_model", "docstring", "documented", "is_model",
+           "list_models", "model_card", "model_entrypoint", "model_options", "register_model", "torchvision_figures"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class Paper:
     authors: str
     year: int
     url: str
+
+    @property
+    def citation(self) -> str:
+        return f"{self.authors} ({self.year}). {self.title}. {self.url}"
 
 
 # What a figure measures; the fidelity report and cards print these words.
@@ -83,6 +89,26 @@ def torchvision_figures(weights: str, params: int, gflops: float, top1: float, t
 
 
 @dataclass(frozen=True)
+class PaperTable:
+    """A paper's per-layer table of parameters and operations, as printed, for the inspector to recompute
+    from the model (``cnnlab summary`` prints both side by side; ``cnnlab.analysis.paper_tables``).
+
+    ``rows`` maps each row to its printed (params, ops): params are weights without biases in K = 1024,
+    ops are millions of multiply-adds, as in GoogLeNet's Table 1. ``modules`` names the model's modules
+    that make up a row (default: the module of the row's name); ``options`` are the ``create_model``
+    options the table describes. A printed figure agrees with ours within its own rounding (the last digit
+    printed) or within ``tolerance``, a fraction of the figure, for tables whose figures are known to be
+    rounded loosely.
+    """
+
+    source: str
+    rows: dict[str, tuple[float, float]]
+    modules: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     paper: Paper
@@ -91,8 +117,8 @@ class ModelCard:
     summary: str
     figures: tuple[Figure, ...] = ()
     family: str = ""
-    # A paper table recomputed from the model (e.g. GoogLeNet's Table 1), printed under `cnnlab summary`.
-    paper_table: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    # A paper's table as printed (e.g. GoogLeNet's Table 1); `cnnlab summary` recomputes it and prints both.
+    paper_table: PaperTable | None = field(default=None, repr=False, compare=False)
 
     def figure(self, metric: str) -> Figure | None:
         return next((f for f in self.figures if f.metric == metric), None)
@@ -109,21 +135,47 @@ _REGISTRY: dict[str, _Entry] = {}
 
 def register_model(*, paper: Paper, input_size: tuple[int, int, int], summary: str,
                    num_classes: int = 1000, figures: tuple[Figure, ...] = (),
-                   paper_table: Callable[[], str] | None = None):
-    """Register ``fn(num_classes, in_chans, **options) -> nn.Module`` under ``fn.__name__``."""
+                   paper_table: PaperTable | None = None, name: str | None = None):
+    """Register ``fn(num_classes, in_chans, **options) -> nn.Module`` as model ``name`` (by default
+    ``fn.__name__``) and return ``fn``. Its options are its parameters after ``num_classes`` and ``in_chans``,
+    with their defaults.
+
+    A decorator on a family's builder function, or called on a ``functools.partial`` that binds a table row
+    positionally (bound keywords would read as options)::
+
+        vgg16 = register_model(name="vgg16", paper=PAPER, ...)(documented(partial(_vgg, "D", False), doc))
+
+    The builder needs a docstring: what it builds and the paper (see :func:`documented` for partials).
+    """
 
     def decorate(fn):
-        name = fn.__name__
-        if name in _REGISTRY:
-            raise RuntimeError(f"model {name!r} registered twice")
-        family = fn.__module__.rsplit(".", 1)[-1]
-        card = ModelCard(name=name, paper=paper, input_size=tuple(input_size), num_classes=num_classes,
+        key = name or fn.__name__
+        if key in _REGISTRY:
+            raise RuntimeError(f"model {key!r} registered twice")
+        if isinstance(fn, functools.partial) and fn.keywords:
+            raise RuntimeError(f"model {key!r}: bind the partial's arguments by position, not {sorted(fn.keywords)}")
+        if not docstring(fn):
+            raise RuntimeError(f"model {key!r}: its builder has no docstring (say what it builds, cite the paper)")
+        family = getattr(fn, "func", fn).__module__.rsplit(".", 1)[-1]
+        card = ModelCard(name=key, paper=paper, input_size=tuple(input_size), num_classes=num_classes,
                          summary=summary, figures=tuple(figures), family=family,
                          paper_table=paper_table)
-        _REGISTRY[name] = _Entry(fn, card)
+        _REGISTRY[key] = _Entry(fn, card)
         return fn
 
     return decorate
+
+
+def documented(builder: functools.partial, doc: str) -> functools.partial:
+    """``builder`` with ``doc`` as its docstring (a partial otherwise shows ``functools.partial``'s own)."""
+    builder.__doc__ = doc
+    return builder
+
+
+def docstring(fn: Callable) -> str:
+    """The builder's own docstring ("" if it has none; a bare partial's is its class's, not its own)."""
+    doc = fn.__doc__
+    return "" if doc is None or doc is type(fn).__doc__ else inspect.cleandoc(doc)
 
 
 def _lookup(name: str) -> _Entry:
@@ -134,6 +186,12 @@ def _lookup(name: str) -> _Entry:
         close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise CnnlabError(f"unknown model {name!r}; {hint}`cnnlab models` lists them all") from None
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` is a registered model (``model_card`` and ``create_model`` raise for any other)."""
+    _ensure_loaded()
+    return name in _REGISTRY
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -148,6 +206,11 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 def model_card(name: str) -> ModelCard:
     return _lookup(name).card
+
+
+def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """The registered builder itself (for its docstring and signature; build with ``create_model``)."""
+    return _lookup(name).builder
 
 
 def model_options(name: str) -> dict:

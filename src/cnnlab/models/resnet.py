@@ -34,13 +34,15 @@ the branch saves its computation, which is the paper's speed-up. Departures from
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import linear_drop_probs, stochastic_residual
-from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
+from cnnlab.models.layers import ResidualBlock, init_he_normal, linear_drop_probs
+from cnnlab.models.registry import Figure, Paper, documented, register_model, torchvision_figures
 
 PAPER = Paper(
     title="Deep Residual Learning for Image Recognition",
@@ -62,7 +64,18 @@ WIDE = Paper(
 )
 
 
-class BasicBlock(nn.Module):
+class _Block(ResidualBlock):
+    """What both blocks share: torchvision's ``downsample`` shortcut (None: the identity) and a ReLU after
+    the sum. ``shortcut=False`` is the plain baselines' block."""
+
+    def skip(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
+    def post(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x)
+
+
+class BasicBlock(_Block):
     """Two 3x3 convolutions (Fig. 2 left / Fig. 5 left)."""
 
     expansion = 1
@@ -79,25 +92,14 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
-        self.shortcut = shortcut
+        self.residual = shortcut
         self.drop_prob = drop_prob
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
-    @property
-    def may_skip_parameters(self) -> bool:
-        """Whether a training step may leave this block's parameters unused (stochastic depth)."""
-        return self.shortcut and self.drop_prob > 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.shortcut:
-            return self.relu(self.branch(x))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(stochastic_residual(self.branch, x, identity, self.drop_prob, self.training))
-
-
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 reduce, 3x3, 1x1 expand (x4) (Fig. 5 right). ``groups`` > 1 makes it ResNeXt's block (Fig. 3c
     of Xie et al.); ``base_width`` scales the inner width (128 for Wide ResNet-50-2)."""
 
@@ -117,21 +119,13 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.shortcut = shortcut
+        self.residual = shortcut
         self.drop_prob = drop_prob
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out))
-
-    may_skip_parameters = BasicBlock.may_skip_parameters
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.shortcut:
-            return self.relu(self.branch(x))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(stochastic_residual(self.branch, x, identity, self.drop_prob, self.training))
 
 
 # Table 1: block type and blocks per stage (conv2_x, conv3_x, conv4_x, conv5_x)
@@ -211,12 +205,7 @@ class ResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_he_normal(self, mode="fan_out")
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
@@ -244,20 +233,29 @@ def _table1_flops(depth: int, billions: float) -> Figure:
     return Figure("macs", billions * 1e9, f"He et al. 2016, Table 1 ({depth}-layer FLOPs)", 0.1e9, note)
 
 
-def _register(name: str, paper: Paper, summary: str, figures: tuple, **fixed) -> None:
-    plain = fixed.pop("plain", False)
+def _resnet(depth: int, groups: int, width_per_group: int, stride_on: str, num_classes: int = 1000,
+            in_chans: int = 3, drop_path_rate: float = 0.0, zero_init_residual: bool = False,
+            shortcut: str = "B") -> nn.Module:
+    """The ``depth``-layer ResNet of Table 1 (ResNeXt with ``groups`` > 1, Wide ResNet with a wider group)."""
+    return ResNet(depth, num_classes, in_chans, groups=groups, width_per_group=width_per_group, stride_on=stride_on,
+                  shortcut=shortcut, drop_path_rate=drop_path_rate, zero_init_residual=zero_init_residual)
 
-    def builder(num_classes: int = 1000, in_chans: int = 3, drop_path_rate: float = 0.0,
-                zero_init_residual: bool = False, shortcut: str = "none" if plain else "B") -> nn.Module:
-        if plain and shortcut != "none":
-            raise CnnlabError(f"{name} is the plain baseline: it has no shortcuts; use resnet{name[5:]} for shortcuts")
-        return ResNet(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate,
-                      zero_init_residual=zero_init_residual, shortcut=shortcut, **fixed)
 
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
-    register_model(paper=paper, input_size=(3, 224, 224), summary=summary, figures=figures)(builder)
-    globals()[name] = builder
+def _plain(depth: int, num_classes: int = 1000, in_chans: int = 3, drop_path_rate: float = 0.0,
+           zero_init_residual: bool = False, shortcut: str = "none") -> nn.Module:
+    """The ``depth``-layer plain baseline of Sec. 3.3: the ResNet's layers without shortcuts."""
+    if shortcut != "none":
+        raise CnnlabError(f"plain{depth} is the plain baseline: it has no shortcuts; use resnet{depth} for shortcuts")
+    return ResNet(depth, num_classes, in_chans, shortcut=shortcut, drop_path_rate=drop_path_rate,
+                  zero_init_residual=zero_init_residual)
+
+
+def _variant(name: str, paper: Paper, summary: str, figures: tuple, depth: int, groups: int = 1,
+             width_per_group: int = 64, stride_on: str = "3x3", plain: bool = False):
+    """Register a row of Table 1 (or of ResNeXt's and Wide ResNet's tables) as model ``name``."""
+    builder = partial(_plain, depth) if plain else partial(_resnet, depth, groups, width_per_group, stride_on)
+    documented(builder, f"{summary}.\n\n{paper.citation}")
+    return register_model(name=name, paper=paper, input_size=(3, 224, 224), summary=summary, figures=figures)(builder)
 
 
 # He et al. 2016, Table 3: 10-crop top-5 error on ImageNet validation (option B shortcuts: projections
@@ -273,44 +271,59 @@ def _paper_figures(depth: int, billions: float) -> tuple[Figure, ...]:
     return tuple(figs)
 
 
-#          name              depth  torchvision: weights enum, params, GFLOPS, acc@1, acc@5          Table 1
-_register("resnet18", PAPER, "ResNet-18 (basic blocks), torchvision-compatible",
-          torchvision_figures("ResNet18_Weights", 11_689_512, 1.814, 69.758, 89.078) + (_table1_flops(18, 1.8),),
-          depth=18)
-_register("resnet34", PAPER, "ResNet-34 (basic blocks), torchvision-compatible",
-          torchvision_figures("ResNet34_Weights", 21_797_672, 3.664, 73.314, 91.420) + _paper_figures(34, 3.6),
-          depth=34)
-_register("resnet50", PAPER, "ResNet-50 v1.5 (stride on the 3x3), torchvision-compatible",
-          torchvision_figures("ResNet50_Weights", 25_557_032, 4.089, 76.130, 92.862), depth=50)
-_register("resnet101", PAPER, "ResNet-101 v1.5 (stride on the 3x3), torchvision-compatible",
-          torchvision_figures("ResNet101_Weights", 44_549_160, 7.801, 77.374, 93.546), depth=101)
-_register("resnet152", PAPER, "ResNet-152 v1.5 (stride on the 3x3), torchvision-compatible",
-          torchvision_figures("ResNet152_Weights", 60_192_808, 11.514, 78.312, 94.046), depth=152)
-_register("resnet50_v1", PAPER, "ResNet-50 as published (stride on the first 1x1)",
-          _paper_figures(50, 3.8), depth=50, stride_on="1x1")
-_register("resnet101_v1", PAPER, "ResNet-101 as published (stride on the first 1x1)",
-          _paper_figures(101, 7.6), depth=101, stride_on="1x1")
-_register("resnet152_v1", PAPER, "ResNet-152 as published (stride on the first 1x1)",
-          _paper_figures(152, 11.3), depth=152, stride_on="1x1")
-_register("resnext50_32x4d", RESNEXT, "ResNeXt-50 32x4d (grouped 3x3), torchvision-compatible",
-          torchvision_figures("ResNeXt50_32X4D_Weights", 25_028_904, 4.230, 77.618, 93.698)
-          + (Figure("macs", 4.2e9, "Xie et al. 2017, Table 1 (ResNeXt-50 32x4d FLOPs)", 0.1e9),
-             Figure("params", 25.0e6, "Xie et al. 2017, Table 1 (ResNeXt-50 32x4d)", 0.1e6)),
-          depth=50, groups=32, width_per_group=4)
-_register("resnext101_32x8d", RESNEXT, "ResNeXt-101 32x8d (grouped 3x3), torchvision-compatible",
-          torchvision_figures("ResNeXt101_32X8D_Weights", 88_791_336, 16.414, 79.312, 94.526),
-          depth=101, groups=32, width_per_group=8)
-_register("wide_resnet50_2", WIDE, "Wide ResNet-50-2 (bottleneck 3x3 twice as wide), torchvision-compatible",
-          torchvision_figures("Wide_ResNet50_2_Weights", 68_883_240, 11.398, 78.468, 94.086), depth=50,
-          width_per_group=128)
-_register("wide_resnet101_2", WIDE, "Wide ResNet-101-2 (bottleneck 3x3 twice as wide), torchvision-compatible",
-          torchvision_figures("Wide_ResNet101_2_Weights", 126_886_696, 22.753, 78.848, 94.284), depth=101,
-          width_per_group=128)
-_register("plain18", PAPER, "the paper's 18-layer plain baseline: ResNet-18 without shortcuts",
-          (Figure("macs", 1.8e9, "He et al. 2016, Table 1 (18-layer FLOPs)", 0.1e9,
-                  "the paper's 'FLOPs' are multiply-adds"),), depth=18, plain=True)
-_register("plain34", PAPER, "the paper's 34-layer plain baseline: ResNet-34 without shortcuts",
-          (Figure("macs", 3.6e9, "He et al. 2016, Sec. 3.3 (the 34-layer plain net has 3.6 billion FLOPs)",
-                  0.1e9, "the paper's 'FLOPs' are multiply-adds"),
-           Figure("top5_err", 10.02, "He et al. 2016, Table 3 (plain-34, 10-crop, ImageNet val)", 0.01)),
-          depth=34, plain=True)
+# Each: name, paper, summary, figures (torchvision's metadata, the papers' tables), then the architecture
+resnet18 = _variant(
+    "resnet18", PAPER, "ResNet-18 (basic blocks), torchvision-compatible",
+    torchvision_figures("ResNet18_Weights", 11_689_512, 1.814, 69.758, 89.078) + (_table1_flops(18, 1.8),),
+    depth=18)
+resnet34 = _variant(
+    "resnet34", PAPER, "ResNet-34 (basic blocks), torchvision-compatible",
+    torchvision_figures("ResNet34_Weights", 21_797_672, 3.664, 73.314, 91.420) + _paper_figures(34, 3.6),
+    depth=34)
+resnet50 = _variant(
+    "resnet50", PAPER, "ResNet-50 v1.5 (stride on the 3x3), torchvision-compatible",
+    torchvision_figures("ResNet50_Weights", 25_557_032, 4.089, 76.130, 92.862), depth=50)
+resnet101 = _variant(
+    "resnet101", PAPER, "ResNet-101 v1.5 (stride on the 3x3), torchvision-compatible",
+    torchvision_figures("ResNet101_Weights", 44_549_160, 7.801, 77.374, 93.546), depth=101)
+resnet152 = _variant(
+    "resnet152", PAPER, "ResNet-152 v1.5 (stride on the 3x3), torchvision-compatible",
+    torchvision_figures("ResNet152_Weights", 60_192_808, 11.514, 78.312, 94.046), depth=152)
+resnet50_v1 = _variant(
+    "resnet50_v1", PAPER, "ResNet-50 as published (stride on the first 1x1)",
+    _paper_figures(50, 3.8), depth=50, stride_on="1x1")
+resnet101_v1 = _variant(
+    "resnet101_v1", PAPER, "ResNet-101 as published (stride on the first 1x1)",
+    _paper_figures(101, 7.6), depth=101, stride_on="1x1")
+resnet152_v1 = _variant(
+    "resnet152_v1", PAPER, "ResNet-152 as published (stride on the first 1x1)",
+    _paper_figures(152, 11.3), depth=152, stride_on="1x1")
+resnext50_32x4d = _variant(
+    "resnext50_32x4d", RESNEXT, "ResNeXt-50 32x4d (grouped 3x3), torchvision-compatible",
+    torchvision_figures("ResNeXt50_32X4D_Weights", 25_028_904, 4.230, 77.618, 93.698)
+    + (Figure("macs", 4.2e9, "Xie et al. 2017, Table 1 (ResNeXt-50 32x4d FLOPs)", 0.1e9),
+       Figure("params", 25.0e6, "Xie et al. 2017, Table 1 (ResNeXt-50 32x4d)", 0.1e6)),
+    depth=50, groups=32, width_per_group=4)
+resnext101_32x8d = _variant(
+    "resnext101_32x8d", RESNEXT, "ResNeXt-101 32x8d (grouped 3x3), torchvision-compatible",
+    torchvision_figures("ResNeXt101_32X8D_Weights", 88_791_336, 16.414, 79.312, 94.526),
+    depth=101, groups=32, width_per_group=8)
+wide_resnet50_2 = _variant(
+    "wide_resnet50_2", WIDE, "Wide ResNet-50-2 (bottleneck 3x3 twice as wide), torchvision-compatible",
+    torchvision_figures("Wide_ResNet50_2_Weights", 68_883_240, 11.398, 78.468, 94.086),
+    depth=50, width_per_group=128)
+wide_resnet101_2 = _variant(
+    "wide_resnet101_2", WIDE, "Wide ResNet-101-2 (bottleneck 3x3 twice as wide), torchvision-compatible",
+    torchvision_figures("Wide_ResNet101_2_Weights", 126_886_696, 22.753, 78.848, 94.284),
+    depth=101, width_per_group=128)
+plain18 = _variant(
+    "plain18", PAPER, "the paper's 18-layer plain baseline: ResNet-18 without shortcuts",
+    (Figure("macs", 1.8e9, "He et al. 2016, Table 1 (18-layer FLOPs)", 0.1e9,
+            "the paper's 'FLOPs' are multiply-adds"),),
+    depth=18, plain=True)
+plain34 = _variant(
+    "plain34", PAPER, "the paper's 34-layer plain baseline: ResNet-34 without shortcuts",
+    (Figure("macs", 3.6e9, "He et al. 2016, Sec. 3.3 (the 34-layer plain net has 3.6 billion FLOPs)", 0.1e9,
+            "the paper's 'FLOPs' are multiply-adds"),
+     Figure("top5_err", 10.02, "He et al. 2016, Table 3 (plain-34, 10-crop, ImageNet val)", 0.01)),
+    depth=34, plain=True)

@@ -29,13 +29,15 @@ paper does not say where the zero channels go (we append them after the existing
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.layers import linear_drop_probs, stochastic_residual
-from cnnlab.models.registry import Figure, Paper, register_model
+from cnnlab.models.layers import ResidualBlock, init_he_normal, linear_drop_probs
+from cnnlab.models.registry import Figure, Paper, documented, register_model
 from cnnlab.models.resnet import PAPER, WIDE, ZeroPadShortcut
 
 SD_PAPER = Paper(
@@ -56,7 +58,7 @@ DEPTHS = {
 }
 
 
-class CifarBlock(nn.Module):
+class CifarBlock(ResidualBlock):
     """Two 3x3 convolutions with BatchNorm; identity or option-A shortcut (none in a plain net)."""
 
     def __init__(self, cin: int, cout: int, stride: int, residual: bool, drop_prob: float):
@@ -72,16 +74,11 @@ class CifarBlock(nn.Module):
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
 
-    @property
-    def may_skip_parameters(self) -> bool:
-        """Whether a training step may leave this block's parameters unused (stochastic depth)."""
-        return self.residual and self.drop_prob > 0
+    def skip(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return x if self.shortcut is None else self.shortcut(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.residual:
-            return F.relu(self.branch(x))
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(stochastic_residual(self.branch, x, identity, self.drop_prob, self.training))
+    def post(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
 
 
 class CifarResNet(nn.Module):
@@ -106,7 +103,7 @@ class CifarResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(64, num_classes)
-        _init(self)
+        init_he_normal(self, mode="fan_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))  # N x 16 x 32 x 32
@@ -116,40 +113,46 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _init(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+def _resnet(depth: int, num_classes: int = 10, in_chans: int = 3, drop_path_rate: float = 0.0) -> nn.Module:
+    """The ``depth``-layer CIFAR-10 ResNet of Sec. 4.2: 6n + 2 layers, option A shortcuts."""
+    return CifarResNet(depth, num_classes, in_chans, True, drop_path_rate)
 
 
-def _register_cifar(depth: int) -> None:
+def _plain(depth: int, num_classes: int = 10, in_chans: int = 3) -> nn.Module:
+    """The plain twin of the ``depth``-layer CIFAR-10 ResNet: the same layers without shortcuts."""
+    return CifarResNet(depth, num_classes, in_chans, False)
+
+
+def _variant(depth: int, plain: bool = False):
+    """Register the ``depth``-layer ResNet of Table 6 as ``resnet<depth>``, or its plain twin of Fig. 6 as
+    ``plain<depth>``, with Table 6's parameter count (and, for the ResNet, its test error)."""
     n, millions, precision, error = DEPTHS[depth]
-
-    def resnet(num_classes: int = 10, in_chans: int = 3, drop_path_rate: float = 0.0) -> nn.Module:
-        return CifarResNet(depth, num_classes, in_chans, True, drop_path_rate)
-
-    def plain(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
-        return CifarResNet(depth, num_classes, in_chans, False)
-
     table6 = "He et al. 2016, Table 6"
     figures = (Figure("params", millions * 1e6, table6, precision * 1e6),
                Figure("test_err", error, table6 + " (CIFAR-10, augmented)", 0.01, dataset="cifar10"))
-    for fn, what, figs in ((resnet, f"ResNet-{depth} for CIFAR-10 ({n} blocks per stage, option A)", figures),
-                           (plain, f"the {depth}-layer plain twin of ResNet-{depth} (no shortcuts)", figures[:1])):
-        name = ("resnet" if fn is resnet else "plain") + str(depth)
-        if fn is plain and depth == 1202:
-            continue
-        fn.__name__ = fn.__qualname__ = name
-        fn.__module__ = __name__
-        register_model(paper=PAPER, input_size=(3, 32, 32), num_classes=10, summary=what, figures=figs)(fn)
-        globals()[name] = fn
+    if plain:
+        name, builder, figures = f"plain{depth}", partial(_plain, depth), figures[:1]
+        what = f"the {depth}-layer plain twin of ResNet-{depth} (no shortcuts)"
+    else:
+        name, builder = f"resnet{depth}", partial(_resnet, depth)
+        what = f"ResNet-{depth} for CIFAR-10 ({n} blocks per stage, option A)"
+    documented(builder, f"{what}.\n\n{PAPER.citation} (Sec. 4.2, Table 6).")
+    return register_model(name=name, paper=PAPER, input_size=(3, 32, 32), num_classes=10, summary=what,
+                          figures=figures)(builder)
 
 
-for _depth in DEPTHS:
-    _register_cifar(_depth)
+# Table 6's networks (DEPTHS), and the plain twins Fig. 6 compares them with (none of 1202 layers)
+resnet20 = _variant(20)
+resnet32 = _variant(32)
+resnet44 = _variant(44)
+resnet56 = _variant(56)
+resnet110 = _variant(110)
+resnet1202 = _variant(1202)
+plain20 = _variant(20, plain=True)
+plain32 = _variant(32, plain=True)
+plain44 = _variant(44, plain=True)
+plain56 = _variant(56, plain=True)
+plain110 = _variant(110, plain=True)
 
 
 @register_model(
@@ -160,10 +163,11 @@ for _depth in DEPTHS:
              Figure("params", 1.7e6, "He et al. 2016, Table 6 (the same 110-layer network)", 0.1e6)),
 )
 def resnet110_sd(num_classes: int = 10, in_chans: int = 3, drop_path_rate: float = 0.5) -> nn.Module:
+    """ResNet-110 with stochastic depth, p_L = 0.5: the CIFAR-10 setting of Huang et al. (2016), Sec. 4."""
     return CifarResNet(110, num_classes, in_chans, True, drop_path_rate)
 
 
-class WideBlock(nn.Module):
+class WideBlock(ResidualBlock):
     """Pre-activation basic block B(3,3) of Zagoruyko & Komodakis, with dropout between the convolutions."""
 
     def __init__(self, cin: int, cout: int, stride: int, dropout: float, drop_prob: float):
@@ -176,15 +180,15 @@ class WideBlock(nn.Module):
         self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
         self.drop_prob = drop_prob
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = F.relu(self.bn1(x))
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn1(x))
+
+    def branch(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(self.bn2(self.dropout(self.conv1(h)))))
+
+    def skip(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         # where the shape changes, the projection reads the pre-activated input, as in the authors' code
-        identity = x if self.shortcut is None else self.shortcut(o)
-
-        def branch(o: torch.Tensor) -> torch.Tensor:
-            return self.conv2(F.relu(self.bn2(self.dropout(self.conv1(o)))))
-
-        return stochastic_residual(branch, o, identity, self.drop_prob, self.training)
+        return x if self.shortcut is None else self.shortcut(h)
 
 
 class WideResNet(nn.Module):
@@ -207,7 +211,7 @@ class WideResNet(nn.Module):
         self.bn = nn.BatchNorm2d(cin)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(cin, num_classes)
-        _init(self)
+        init_he_normal(self, mode="fan_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # N x 16 x 32 x 32
@@ -222,20 +226,22 @@ class WideResNet(nn.Module):
 WIDE_CONFIGS = {"wrn16_4": (16, 4, 2.7), "wrn28_10": (28, 10, 36.5), "wrn40_4": (40, 4, 8.9)}
 
 
-def _register_wide(name: str) -> None:
+def _wrn(depth: int, k: int, num_classes: int = 10, in_chans: int = 3, dropout: float = 0.0,
+         drop_path_rate: float = 0.0) -> nn.Module:
+    """WRN-``depth``-``k`` for CIFAR: pre-activation basic blocks, ``k`` times wider than ResNet's."""
+    return WideResNet(depth, k, num_classes, in_chans, dropout, drop_path_rate)
+
+
+def _wide_variant(name: str):
+    """Register WRN-d-k of ``WIDE_CONFIGS`` as ``name``, with Table 4's parameter count."""
     depth, k, millions = WIDE_CONFIGS[name]
-
-    def builder(num_classes: int = 10, in_chans: int = 3, dropout: float = 0.0,
-                drop_path_rate: float = 0.0) -> nn.Module:
-        return WideResNet(depth, k, num_classes, in_chans, dropout, drop_path_rate)
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
+    what = f"Wide ResNet WRN-{depth}-{k} for CIFAR (pre-activation, {k}x wider)"
     figures = (Figure("params", millions * 1e6, f"Zagoruyko & Komodakis 2016, Table 4 (WRN-{depth}-{k})", 0.1e6),)
-    register_model(paper=WIDE, input_size=(3, 32, 32), num_classes=10, figures=figures,
-                   summary=f"Wide ResNet WRN-{depth}-{k} for CIFAR (pre-activation, {k}x wider)")(builder)
-    globals()[name] = builder
+    builder = documented(partial(_wrn, depth, k), f"{what}.\n\n{WIDE.citation} (Table 4).")
+    return register_model(name=name, paper=WIDE, input_size=(3, 32, 32), num_classes=10, figures=figures,
+                          summary=what)(builder)
 
 
-for _name in WIDE_CONFIGS:
-    _register_wide(_name)
+wrn16_4 = _wide_variant("wrn16_4")
+wrn28_10 = _wide_variant("wrn28_10")
+wrn40_4 = _wide_variant("wrn40_4")

@@ -27,11 +27,13 @@ result.
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 import torch
 
-from cnnlab.models.layers import LocalResponseNorm
-from cnnlab.models.registry import Figure, Paper, register_model, torchvision_figures
+from cnnlab.models.layers import LocalResponseNorm, init_he_normal
+from cnnlab.models.registry import Figure, Paper, documented, register_model, torchvision_figures
 
 PAPER = Paper(
     title="Very Deep Convolutional Networks for Large-Scale Image Recognition",
@@ -86,14 +88,9 @@ class VGG(nn.Module):
             nn.Dropout(p=dropout),
             nn.Linear(4096, num_classes),
         )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+        init_he_normal(self.features, mode="fan_out")
+        for m in self.classifier.modules():
+            if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
@@ -103,7 +100,8 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def _vgg(cfg: str, batch_norm: bool, num_classes: int, in_chans: int, dropout: float) -> VGG:
+def _vgg(cfg: str, batch_norm: bool, num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> nn.Module:
+    """VGG configuration ``cfg`` of Table 1, with BatchNorm after every convolution if ``batch_norm``."""
     return VGG(make_layers(CONFIGS[cfg], in_chans, batch_norm), num_classes, dropout)
 
 
@@ -111,37 +109,36 @@ def _table2(cfg: str, millions: int) -> Figure:
     return Figure("params", millions * 1e6, f"Simonyan & Zisserman 2015, Table 2: configuration {cfg}", 1e6)
 
 
-def _register(name: str, cfg: str, bn: bool, millions: int, tv: tuple | None, what: str):
+def _variant(name: str, cfg: str, bn: bool, millions: int, tv: tuple | None, what: str):
+    """Register configuration ``cfg`` (with BatchNorm if ``bn``) as model ``name``, with its Table 2 parameter
+    count and, where torchvision has weights for it, their metadata."""
     figures = (_table2(cfg, millions),) + (torchvision_figures(*tv) if tv else ())
-
-    def builder(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> nn.Module:
-        return _vgg(cfg, bn, num_classes, in_chans, dropout)
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
-    register_model(paper=PAPER, input_size=(3, 224, 224), summary=what, figures=figures)(builder)
-    globals()[name] = builder
+    builder = documented(partial(_vgg, cfg, bn), f"{what}.\n\n{PAPER.citation} (Table 1, configuration {cfg}).")
+    return register_model(name=name, paper=PAPER, input_size=(3, 224, 224), summary=what, figures=figures)(builder)
 
 
-#         name         cfg      BN     Table 2   torchvision weights, params, GFLOPS, acc@1, acc@5
-_register("vgg11",     "A",     False, 133, ("VGG11_Weights", 132_863_336, 7.609, 69.020, 88.628),
-          "VGG configuration A, 11 weight layers")
-_register("vgg11_bn",  "A",     True,  133, ("VGG11_BN_Weights", 132_868_840, 7.609, 70.370, 89.810),
-          "VGG-A with batch normalisation (torchvision)")
-_register("vgg11_lrn", "A-LRN", False, 133, None, "VGG configuration A-LRN: A with LRN after the first conv")
-_register("vgg13",     "B",     False, 133, ("VGG13_Weights", 133_047_848, 11.308, 69.928, 89.246),
-          "VGG configuration B, 13 weight layers")
-_register("vgg13_bn",  "B",     True,  133, ("VGG13_BN_Weights", 133_053_736, 11.308, 71.586, 90.374),
-          "VGG-B with batch normalisation (torchvision)")
-_register("vgg16_c",   "C",     False, 134, None, "VGG configuration C: 16 layers, three of them 1x1 convs")
-_register("vgg16",     "D",     False, 138, ("VGG16_Weights", 138_357_544, 15.470, 71.592, 90.382),
-          "VGG configuration D, 16 weight layers")
-_register("vgg16_bn",  "D",     True,  138, ("VGG16_BN_Weights", 138_365_992, 15.470, 73.360, 91.516),
-          "VGG-D with batch normalisation (torchvision)")
-_register("vgg19",     "E",     False, 144, ("VGG19_Weights", 143_667_240, 19.632, 72.376, 90.876),
-          "VGG configuration E, 19 weight layers")
-_register("vgg19_bn",  "E",     True,  144, ("VGG19_BN_Weights", 143_678_248, 19.632, 74.218, 91.842),
-          "VGG-E with batch normalisation (torchvision)")
+# Each: name, Table 1 configuration, BatchNorm, Table 2 parameters (millions), torchvision weights (enum, params,
+# GFLOPS, acc@1, acc@5) or None, summary
+vgg11 = _variant("vgg11", "A", False, 133, ("VGG11_Weights", 132_863_336, 7.609, 69.020, 88.628),
+                 "VGG configuration A, 11 weight layers")
+vgg11_bn = _variant("vgg11_bn", "A", True, 133, ("VGG11_BN_Weights", 132_868_840, 7.609, 70.370, 89.810),
+                    "VGG-A with batch normalisation (torchvision)")
+vgg11_lrn = _variant("vgg11_lrn", "A-LRN", False, 133, None,
+                     "VGG configuration A-LRN: A with LRN after the first conv")
+vgg13 = _variant("vgg13", "B", False, 133, ("VGG13_Weights", 133_047_848, 11.308, 69.928, 89.246),
+                 "VGG configuration B, 13 weight layers")
+vgg13_bn = _variant("vgg13_bn", "B", True, 133, ("VGG13_BN_Weights", 133_053_736, 11.308, 71.586, 90.374),
+                    "VGG-B with batch normalisation (torchvision)")
+vgg16_c = _variant("vgg16_c", "C", False, 134, None,
+                   "VGG configuration C: 16 layers, three of them 1x1 convs")
+vgg16 = _variant("vgg16", "D", False, 138, ("VGG16_Weights", 138_357_544, 15.470, 71.592, 90.382),
+                 "VGG configuration D, 16 weight layers")
+vgg16_bn = _variant("vgg16_bn", "D", True, 138, ("VGG16_BN_Weights", 138_365_992, 15.470, 73.360, 91.516),
+                    "VGG-D with batch normalisation (torchvision)")
+vgg19 = _variant("vgg19", "E", False, 144, ("VGG19_Weights", 143_667_240, 19.632, 72.376, 90.876),
+                 "VGG configuration E, 19 weight layers")
+vgg19_bn = _variant("vgg19_bn", "E", True, 144, ("VGG19_BN_Weights", 143_678_248, 19.632, 74.218, 91.842),
+                    "VGG-E with batch normalisation (torchvision)")
 
 
 class VGGCifar(nn.Module):
@@ -171,4 +168,5 @@ class VGGCifar(nn.Module):
     summary="the lecture's reduced VGG for CIFAR-10 (conv-BN-ReLU, 3x3/2 pooling, one linear layer)",
 )
 def vgg_cifar(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
+    """The lecture's reduced VGG for 32x32 CIFAR-10 images, after Simonyan & Zisserman (2015)."""
     return VGGCifar(num_classes, in_chans)

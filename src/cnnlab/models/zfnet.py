@@ -88,4 +88,5 @@ class ZFNet(nn.Module):
     ),
 )
 def zfnet(num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> nn.Module:
+    """ZFNet, Zeiler & Fergus (2013), "Visualizing and understanding convolutional networks", Fig. 3."""
     return ZFNet(num_classes, in_chans, dropout)
