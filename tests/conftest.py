@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,18 @@ def pytest_addoption(parser):
 
 @pytest.fixture
 def golden(request):
-    """golden(name, text): compare text with tests/golden/<name>, or rewrite it with --update-golden."""
+    """golden(name, text): compare text with tests/golden/<name>, or rewrite it with --update-golden.
+
+    Only --update-golden writes: a missing golden file fails, so a test whose file was deleted, renamed or never
+    committed cannot pass by comparing its output with itself."""
     update = request.config.getoption("--update-golden")
 
     def check(name: str, text: str):
         path = GOLDEN / name
-        if update or not path.exists() and os.environ.get("CI") != "true":
+        if update:
             path.parent.mkdir(exist_ok=True)
             path.write_text(text)
-        assert path.exists(), f"golden file {path} is missing; run pytest --update-golden"
+        assert path.exists(), f"golden file {path} is missing; run pytest --update-golden to write it"
         assert text == path.read_text(), f"output differs from {path}; if intended, run pytest --update-golden"
 
     return check
