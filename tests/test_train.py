@@ -22,6 +22,10 @@ from cnnlab.train import TrainConfig, train
 from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.train.evaluate import EvalReport, probabilities, ten_crops
 
+# Where the trainer's malloc tuning lives, "module:function" (imported by name in fresh processes below); if
+# keep_freed_memory moves to another module, this is the one line to change.
+KEEP_FREED_MEMORY = "cnnlab.train.trainer:keep_freed_memory"
+
 FAST = dict(model="lenet5_modern", epochs=2, batch_size=256, lr=0.05, quiet=True, deterministic=True, seed=3)
 
 
@@ -47,9 +51,6 @@ def test_run_folder_holds_everything(reference_run):
     assert cfg["recipe_settings"]["optimizer"] == "nesterov" and cfg["eval_split"] == "test"
     assert cfg["versions"]["torch"] == torch.__version__ and cfg["hardware"]["cpu_count"]
     assert cfg["channels_last"] is True and cfg["precision"] == "fp32"  # the CPU default
-    from cnnlab.train import trainer
-
-    assert trainer._MALLOC_TUNED[0] or not sys.platform.startswith("linux")  # training kept freed memory
     # by hand: conv1 28*28*6*25 + conv2 10*10*16*150 + fc 400*120 + 120*84 + 84*10
     assert cfg["macs_per_image"] == 117_600 + 240_000 + 48_000 + 10_080 + 840
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -93,16 +94,25 @@ def test_kill_minus_9_mid_epoch_then_resume_equals_the_uninterrupted_run(referen
            "--lr", "0.05", "--quiet", "--deterministic", "--seed", "3", "--out", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600  # generous: a loaded machine may be slow
-    while not (tmp_path / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert (tmp_path / "last.pt").exists(), "the first epoch's checkpoint never appeared"
-    time.sleep(1.0)  # well inside the second epoch
-    proc.send_signal(signal.SIGKILL)
+    while time.time() < deadline and proc.poll() is None and not _in_epoch_2(tmp_path / "metrics.jsonl"):
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before it was seen in epoch 2"
+    assert _in_epoch_2(tmp_path / "metrics.jsonl"), "no step of epoch 2 was logged within 600 s"
+    proc.send_signal(signal.SIGKILL)  # epoch 2 has logged a step: the kill lands mid-epoch
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     assert load_checkpoint(tmp_path)["epoch"] == 1
     assert main(["train", "lenet5_modern", "--resume", str(tmp_path), "--quiet"]) == 0
     a, b = _weights(ref), _weights(tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _in_epoch_2(metrics: Path) -> bool:
+    """Whether the run has logged a training step of its second epoch (a step record: written mid-epoch)."""
+    if not metrics.exists():
+        return False
+    lines = [l for l in metrics.read_text().splitlines() if l.endswith("}")]  # a line being written is skipped
+    return any(r["kind"] == "step" and r["epoch"] == 2 for r in map(json.loads, lines))
 
 
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
@@ -340,10 +350,11 @@ def test_training_keeps_freed_memory_instead_of_page_faulting():
     so the default is not asserted). Kept memory: under 3,000 (measured 0-1,200). Counted, not timed."""
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's mallopt")
-    code = """
+    module, function = KEEP_FREED_MEMORY.split(":")
+    code = f"""
 import resource, sys, torch
 from cnnlab import create_model
-from cnnlab.train.trainer import keep_freed_memory
+from {module} import {function} as keep_freed_memory
 assert keep_freed_memory() and keep_freed_memory()
 m = create_model("lenet5")
 x = torch.randn(128, 1, 32, 32)
@@ -358,6 +369,66 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
     faults = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert faults < 3_000, faults
+
+
+# Run in a fresh process: does glibc keep 384 MiB freed in 24 MiB blocks? With keep_freed_memory's settings the
+# blocks come from the heap (under the 32 MiB mmap threshold) and stay there after free (under the 1 GiB trim
+# threshold). With glibc's defaults, or the thresholds glibc adapts by itself (at most 32 MiB and 64 MiB), they
+# are fresh mmaps or the heap is trimmed, so the probe reads false: it sees the settings, not a flag.
+_MALLOC_PROBE = """
+import ctypes, json, os, sys
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def keeps_freed_memory():
+    before = libc.mallinfo2()
+    blocks = [libc.malloc(24 << 20) for _ in range(16)]
+    during = libc.mallinfo2()
+    for b in reversed(blocks):
+        libc.free(b)
+    after = libc.mallinfo2()
+    return during.hblks == before.hblks and after.arena >= during.arena
+"""
+
+
+def _malloc_probe(body: str, tmp_path: Path) -> dict:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults
+    run = subprocess.run([sys.executable, "-c", _MALLOC_PROBE + body], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=600)
+    if "mallinfo2" in run.stderr and "undefined symbol" in run.stderr:
+        pytest.skip("glibc older than 2.33 (no mallinfo2)")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def test_keep_freed_memory_sets_mallocs_thresholds(tmp_path):
+    module, function = KEEP_FREED_MEMORY.split(":")
+    got = _malloc_probe(f"""
+import torch
+from {module} import {function} as keep_freed_memory
+default = keeps_freed_memory()
+applied = keep_freed_memory()
+print(json.dumps({{"default": default, "applied": applied, "again": keep_freed_memory(),
+                  "tuned": keeps_freed_memory()}}))
+""", tmp_path)
+    assert got == {"default": False, "applied": True, "again": True, "tuned": True}
+
+
+def test_training_applies_keep_freed_memory(tmp_path):
+    """A short real run in a fresh process leaves malloc tuned: the trainer called keep_freed_memory."""
+    got = _malloc_probe("""
+from cnnlab.train import TrainConfig, train
+train(TrainConfig(model="lenet5_modern", epochs=1, batch_size=256, train_limit=512, quiet=True, out="run"))
+print(json.dumps({"tuned": keeps_freed_memory()}))
+""", tmp_path)
+    assert got == {"tuned": True}
 
 
 def test_the_loss_temperature_scales_the_logits_the_losses_see():
