@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from cnnlab import CnnlabError, create_model, list_models
+from cnnlab import CnnlabError, create_model, list_models, model_card
 from cnnlab.cli import main
 from cnnlab.data.memory import balanced_subset, load
 from cnnlab.train import TrainConfig, train
@@ -28,8 +28,25 @@ def test_head_replacement_never_size_mismatches(name, tmp_path):
     assert set(report.new) == keys
     assert not (set(report.loaded) & keys)
     names = heads(dst, name)
+    assert sorted(names) == sorted({k.rsplit(".", 1)[0] for k in keys})  # every head module, once
+    # heads() puts the main head last (features mode, embed and --unfreeze rely on it): the one head that runs
+    # in eval mode, where the auxiliary classifiers are skipped and the model returns the main head's logits
+    assert _heads_run_in_eval(dst, name, names) == [names[-1]]
     if any(k.lower().startswith("aux") for k in keys):
         assert any(n.lower().startswith("aux") for n in names) and not names[-1].lower().startswith("aux")
+
+
+def _heads_run_in_eval(model, name, names) -> list[str]:
+    called = []
+    hooks = [model.get_submodule(n).register_forward_hook(lambda *_, n=n: called.append(n)) for n in names]
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, *model_card(name).input_size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 5)
+    return called
 
 
 def _dry_load(model, name, sd):
