@@ -131,6 +131,7 @@ print(json.dumps({"torch_on_import": before, "torch_after": "torch" in sys.modul
 """
 
 
+@pytest.mark.slow
 def test_public_api():
     """Every name in cnnlab.__all__ resolves, on first use, to a class or a function; `import cnnlab` alone does
     not import PyTorch (cnnlab.scratch relies on it); the README's Python example uses only these names."""

@@ -13,6 +13,7 @@ from cnnlab import CnnlabError, create_model, list_models, summary
 from cnnlab.analysis.receptive_field import stack_rf
 
 
+@pytest.mark.slow
 def test_vgg16_rows_match_the_lecture_table():
     s = summary("vgg16")
     conv1 = s.row("features.0")
@@ -213,6 +214,7 @@ def test_every_model_summarises_with_tracked_fields(name):
     assert leaves and all(r.rf is not None for r in leaves)
 
 
+@pytest.mark.slow
 def test_meta_and_real_runs_agree():
     by_name = summary("alexnet_paper")
     real = summary(create_model("alexnet_paper"), (3, 227, 227))

@@ -37,11 +37,13 @@ def reference_run(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_short_real_mnist_run_reaches_98_percent(reference_run):
     _, result = reference_run
     assert result.best_top1 >= 98.0  # two epochs of the lecture's LeNet-5 on real MNIST
 
 
+@pytest.mark.slow
 def test_run_folder_holds_everything(reference_run):
     out, _ = reference_run
     assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt",
@@ -68,6 +70,7 @@ def _weights(run: Path) -> dict:
     return load_checkpoint(run)["model"]
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_equals_the_uninterrupted_run(reference_run, tmp_path, monkeypatch):
     ref, _ = reference_run
     import cnnlab.train.trainer as trainer
@@ -88,6 +91,7 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(reference_run, tmp_pa
     assert [e["epoch"] for e in epochs] == [1, 2]  # nothing lost, nothing duplicated
 
 
+@pytest.mark.slow
 def test_kill_minus_9_mid_epoch_then_resume_equals_the_uninterrupted_run(reference_run, tmp_path):
     ref, _ = reference_run
     cmd = [sys.executable, "-m", "cnnlab", "train", "lenet5_modern", "--epochs", "2", "--batch-size", "256",
@@ -132,6 +136,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import cnnlab.train.trainer as trainer
 
@@ -149,6 +154,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert torch.isfinite(torch.cat([v.flatten().float() for v in load_checkpoint(tmp_path)["model"].values()])).all()
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_is_refused(reference_run, tmp_path):
     ref, _ = reference_run
     state = load_checkpoint(ref)
@@ -167,6 +173,7 @@ class _Payload:
         return (open, (self.path, "w"))
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoints_are_explained_and_never_run_code(reference_run, tmp_path, capsys):
     ref, _ = reference_run
     good = (ref / "last.pt").read_bytes()
@@ -190,6 +197,7 @@ def test_unreadable_checkpoints_are_explained_and_never_run_code(reference_run, 
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_eval_and_predict_commands(reference_run, capsys, tmp_path):
     ref, result = reference_run
     assert main(["eval", str(ref), "--format", "json"]) == 0
@@ -269,6 +277,7 @@ def test_training_mistakes_exit_2(capsys, argv, message, tmp_path):
     assert code == 2 and message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_model_options_reach_the_model_the_run_folder_and_eval(tmp_path, capsys):
     """--model-option head=linear: the trained network has the linear head (850 more parameters), the run
     records the option, and eval rebuilds the same network from the checkpoint."""
@@ -332,6 +341,7 @@ def test_the_bf16_probe_runs_once_per_machine_and_survives_a_bad_cache(monkeypat
     assert trainer.cpu_bf16_speedup() == 0.0
 
 
+@pytest.mark.slow
 def test_the_bf16_probe_measures_a_real_ratio():
     from cnnlab.train import trainer
 
@@ -343,6 +353,7 @@ def test_the_bf16_probe_measures_a_real_ratio():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+@pytest.mark.slow
 def test_training_keeps_freed_memory_instead_of_page_faulting():
     """After keep_freed_memory() (the trainer calls it), steps reuse the heap. A LeNet-5 step at batch 128
     frees and reallocates activations of up to 2.4 MB (600 pages each); with glibc's defaults 40 steps
@@ -408,6 +419,7 @@ def _malloc_probe(body: str, tmp_path: Path) -> dict:
     return json.loads(run.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_sets_mallocs_thresholds(tmp_path):
     module, function = KEEP_FREED_MEMORY.split(":")
     got = _malloc_probe(f"""
@@ -421,6 +433,7 @@ print(json.dumps({{"default": default, "applied": applied, "again": keep_freed_m
     assert got == {"default": False, "applied": True, "again": True, "tuned": True}
 
 
+@pytest.mark.slow
 def test_training_applies_keep_freed_memory(tmp_path):
     """A short real run in a fresh process leaves malloc tuned: the trainer called keep_freed_memory."""
     got = _malloc_probe("""
@@ -480,6 +493,7 @@ def _image_folder(root: Path, per_class: int, seed: int) -> None:
             write_png(torch.randint(0, 256, (3, 36, 36), dtype=torch.uint8, generator=g), str(root / c / f"{i}.png"))
 
 
+@pytest.mark.slow
 def test_image_folder_runs_keep_their_validation_split_in_every_command(tmp_path):
     """resnet20's recipe (He et al.'s CIFAR protocol) holds out 10% for validation. On a folder of classes the
     run holds out 4 of 40 images, and eval, top9 and embed must use those same 4 (they used a 20% split with
@@ -516,6 +530,7 @@ def test_image_folder_runs_keep_their_validation_split_in_every_command(tmp_path
                           quiet=True, out=str(tmp_path / "run3"), val_split=0.1))
 
 
+@pytest.mark.slow
 def test_resuming_with_more_epochs_says_when_it_stretches_the_schedule(tmp_path, capsys):
     from cnnlab.train.recipes import get_recipe
     from cnnlab.train.trainer import _stretched_schedule
@@ -538,6 +553,7 @@ def test_resuming_with_more_epochs_says_when_it_stretches_the_schedule(tmp_path,
     assert _stretched_schedule({**saved, "epochs": 1}, steps, 16, 8) == ""  # milestones do not stretch
 
 
+@pytest.mark.slow
 def test_compile_without_a_compiler_is_one_clear_sentence(tmp_path):
     env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"),
            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # nothing cached from earlier compiles
@@ -549,6 +565,7 @@ def test_compile_without_a_compiler_is_one_clear_sentence(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_data_a_network_cannot_use_is_refused_before_training(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", "lenet5_modern", "--train-limit", "100", "--out", out]) == 2  # batch 128
@@ -562,6 +579,7 @@ def test_data_a_network_cannot_use_is_refused_before_training(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_resume_refuses_flags_that_would_change_the_run(reference_run, tmp_path, capsys):
     ref, _ = reference_run
     before = (ref / "last.pt").read_bytes()

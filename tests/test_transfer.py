@@ -61,6 +61,7 @@ def _dry_load(model, name, sd):
         weights._read_source = orig
 
 
+@pytest.mark.slow
 def test_torchvision_state_dict_file_loads_and_gives_identical_outputs(tmp_path):
     theirs = torchvision.models.resnet18(weights=None).eval()
     path = tmp_path / "resnet18.pth"
@@ -78,6 +79,7 @@ def test_torchvision_state_dict_file_loads_and_gives_identical_outputs(tmp_path)
     torch.testing.assert_close(ten.conv1.weight, theirs.conv1.weight)
 
 
+@pytest.mark.slow
 def test_weights_of_another_architecture_or_a_corrupt_file_are_refused(tmp_path):
     path = tmp_path / "vgg.pth"
     torch.save(create_model("vgg11").state_dict(), path)
@@ -93,6 +95,7 @@ def test_weights_of_another_architecture_or_a_corrupt_file_are_refused(tmp_path)
         load_pretrained(create_model("resnet20"), "resnet20", "IMAGENET1K_V1")
 
 
+@pytest.mark.slow
 def test_feature_extraction_freezes_the_backbone_and_its_batchnorm():
     m = create_model("resnet18", num_classes=4)
     trainable = freeze_backbone(m, heads(m, "resnet18"))
@@ -131,6 +134,7 @@ def source_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_transfer_feature_extraction_run_changes_only_the_head(source_run, tmp_path, capsys):
     out = tmp_path / "feat"
     code = main(["transfer", "--from", str(source_run), "--data", "mnist", "--train-limit", "500", "--epochs", "1",
@@ -143,6 +147,7 @@ def test_transfer_feature_extraction_run_changes_only_the_head(source_run, tmp_p
     assert cfg["transfer"] == "features" and cfg["pretrained"] == str(source_run)
 
 
+@pytest.mark.slow
 def test_embed_writes_penultimate_features_with_labels(source_run, tmp_path):
     out = tmp_path / "emb.npz"
     assert main(["embed", str(source_run), "--out", str(out)]) == 0
