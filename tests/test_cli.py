@@ -16,6 +16,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_summary_vgg16_is_the_main_job(capsys):
     code, out, err = run(capsys, "summary", "vgg16")
     assert code == 0 and err == ""
@@ -32,6 +33,7 @@ def test_summary_formats(capsys):
     assert code == 0 and "| classifier.6 | Linear | 10 |" in out
 
 
+@pytest.mark.slow
 def test_summary_with_model_options(capsys):
     # He et al.'s option A (zero-padded identity shortcuts) drops ResNet-34's three projection shortcuts:
     # 1x1 convs 64->128, 128->256, 256->512 with their BatchNorms = 173,824 parameters fewer than option B.
@@ -101,6 +103,7 @@ def test_user_mistakes_exit_2_with_one_sentence(capsys, argv, message):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_python_dash_m_behaves_like_the_console_script():
     env = dict(os.environ)
     a = subprocess.run([sys.executable, "-m", "cnnlab", "calc", "rf", "conv3*3"], capture_output=True, text=True,
@@ -126,6 +129,7 @@ def test_recipes_and_data_commands(capsys, tmp_path):
     assert code == 2 and "corrupt" in out and "missing or corrupt" in err
 
 
+@pytest.mark.slow
 def test_paths_that_cannot_be_written_are_one_sentence(tmp_path, capsys, monkeypatch):
     import errno
 

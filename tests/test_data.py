@@ -25,6 +25,7 @@ def test_mnist_ships_inside_the_package_with_official_checksums():
     assert all(EMBEDDED in s.path.parents for s in status)
 
 
+@pytest.mark.slow
 def test_official_file_lists_match_torchvisions():
     """Our written-out URLs, file names and MD5s agree with the ones torchvision's dataset classes publish."""
     import torchvision.datasets as tvd
@@ -45,6 +46,7 @@ def test_official_file_lists_match_torchvisions():
         assert (meta.name, meta.md5) == (f"{cls.base_folder}/{cls.meta['filename']}", cls.meta["md5"])
 
 
+@pytest.mark.slow
 def test_the_main_command_does_not_import_torchvision():
     """Importing torchvision costs 1-3 s (it pulls in torch._dynamo); MNIST training does not need it."""
     import subprocess
@@ -188,6 +190,7 @@ def test_flip_and_cutout():
     assert holes.max() == 16 and (holes > 0).all() and (holes <= 16).all()
 
 
+@pytest.mark.slow
 def test_loader_is_reproducible_from_the_seed_and_normalises():
     ds = load("mnist", "test", data_dir="/nonexistent").subset(torch.arange(1000), "test")
     a = MemoryLoader(ds, 100, True, Augment(crop_pad=2, pad_to=32), seed=5)

@@ -56,6 +56,7 @@ def double(tmp_path_factory):
     return out, run
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_single_process_weights_and_metrics(single, double):
     two, _ = double
     a, b = load_checkpoint(single)["model"], load_checkpoint(two)["model"]
@@ -72,6 +73,7 @@ def test_two_processes_give_the_single_process_weights_and_metrics(single, doubl
                 assert y[key] == x[key], key
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_prints(double):
     two, run = double
     assert {p.name for p in two.iterdir()} == {"config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt",
@@ -131,6 +133,7 @@ def _listening(pids: list[int]) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_from_the_checkpoint_and_the_result_is_unchanged(double, tmp_path):
     two, _ = double
     # the `cnnlab train --nproc` shortcut: cnnlab -> torchrun -> 2 workers
@@ -168,6 +171,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_batch_the_world_does_not_divide_fails_fast(tmp_path):
     t0 = time.time()
     run = subprocess.run(TORCHRUN + ["-m", "cnnlab", "train", *FLAGS, "--batch-size", "255", "--out", str(tmp_path)],
@@ -176,6 +180,7 @@ def test_a_batch_the_world_does_not_divide_fails_fast(tmp_path):
     assert time.time() - t0 < 60
 
 
+@pytest.mark.slow
 def test_an_unreachable_rendezvous_fails_within_the_timeout(tmp_path):
     # rank 1 of 2 whose rank 0 never comes: joining must give up after CNNLAB_DIST_TIMEOUT seconds
     env = {**ENV, "RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
@@ -187,6 +192,7 @@ def test_an_unreachable_rendezvous_fails_within_the_timeout(tmp_path):
     assert "Traceback" not in run.stderr and time.time() - t0 < 60
 
 
+@pytest.mark.slow
 def test_rank_0_launched_without_torchrun_serves_a_loopback_master_on_loopback_only(tmp_path):
     # RANK/WORLD_SIZE/MASTER_ADDR set by hand (no torchrun agent): rank 0 hosts the store itself. A TCPStore
     # server listens on every interface unless given a socket; for MASTER_ADDR 127.0.0.1 cnnlab gives it one.
@@ -206,6 +212,7 @@ def test_rank_0_launched_without_torchrun_serves_a_loopback_master_on_loopback_o
 
 @pytest.mark.parametrize("is_host,error", [("true", "RendezvousTimeoutError"),
                                            ("false", "RendezvousConnectionError")])
+@pytest.mark.slow
 def test_torchruns_multi_node_rendezvous_gives_up_within_join_timeout(tmp_path, is_host, error):
     """Node 1 of 2 whose peer never comes (is_host=true: it serves the rendezvous itself) or whose rendezvous
     endpoint has nobody listening (is_host=false): torchrun, as docs/distributed.md tells users to launch
@@ -311,6 +318,7 @@ def test_more_workers_per_node_than_gpus_is_refused(fake_two_gpus, monkeypatch):
     assert not fake_two_gpus["init_process_group"].calls
 
 
+@pytest.mark.slow
 def test_wrap_puts_ddp_on_the_workers_gpu_and_sync_bn_keeps_the_optimisers_tensors(monkeypatch):
     import torch.nn.parallel
 
@@ -389,6 +397,7 @@ def test_folder_shards_are_disjoint_reshuffled_per_epoch_and_evaluation_scores_e
 IMAGENETTE = Path(os.environ.get("CNNLAB_DATA_DIR", "../shared/data")) / "imagenette-subset"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not IMAGENETTE.exists(), reason="no local Imagenette subset")
 def test_two_processes_on_an_image_folder_report_the_single_process_evaluation(tmp_path):
     """The DistributedSampler path: 2 workers train on real photos; the validation metrics they reduce over
@@ -423,6 +432,7 @@ def _gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_gpus() < 2, reason="needs 2 CUDA GPUs (NCCL)")
 @pytest.mark.parametrize("model,extra", [("lenet5_modern", []), ("resnet20", ["--sync-bn"])])
 def test_on_two_gpus_nccl_gives_the_single_gpu_weights(tmp_path, model, extra):
@@ -443,6 +453,7 @@ def test_on_two_gpus_nccl_gives_the_single_gpu_weights(tmp_path, model, extra):
         torch.testing.assert_close(b[k], a[k], atol=1e-9, rtol=1e-7)
 
 
+@pytest.mark.slow
 def test_stochastic_depth_under_ddp_equals_one_process(tmp_path):
     """Blocks skipped by stochastic depth leave parameters unused in a step. Every rank draws the same skips,
     so DDP (told to look for unused parameters) must leave their gradients None, as one process does: no
@@ -555,6 +566,7 @@ def test_ranks_agree_on_a_fresh_prefix_despite_stale_keys_and_different_restart_
     assert results[0][0].startswith("cnnlab/") and results[0][0] != "cnnlab/old"
 
 
+@pytest.mark.slow
 def test_two_nodes_survive_a_lost_worker_and_match_an_uninterrupted_run(double, tmp_path):
     """Two torchrun agents ("nodes", one worker each) meet at a c10d rendezvous at 127.0.0.1, as
     docs/distributed.md tells users to start them on two machines, and train as one job of world size 2.

@@ -7,6 +7,7 @@ from cnnlab.cli import main
 from cnnlab.models.registry import Figure
 
 
+@pytest.mark.slow
 def test_vgg_table_2_and_torchvision_figures_agree():
     rows = fidelity(["vgg11", "vgg16_c", "vgg16", "vgg19"])
     computed = [r for r in rows if r.ours is not None]
@@ -52,6 +53,7 @@ def lenet5_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_runs_test_error_is_set_beside_the_papers(lenet5_run, capsys):
     rows, note = fidelity_of_run(str(lenet5_run))
     err = next(r for r in rows if r.figure.metric == "test_err")
@@ -78,6 +80,7 @@ def test_a_runs_test_error_is_set_beside_the_papers(lenet5_run, capsys):
     assert row["trained"] is True and row["dataset"] == "mnist" and row["ours"] == pytest.approx(err.ours)
 
 
+@pytest.mark.slow
 def test_a_run_with_other_options_or_of_another_model_is_not_compared(lenet5_run, tmp_path, capsys):
     import dataclasses
 

@@ -113,6 +113,7 @@ def test_lenet5_layer_parameters_match_the_paper():
     assert n_params(create_model("lenet5", head="linear")) == 60_000 + 850
 
 
+@pytest.mark.slow
 def test_partial_conv_sums_only_the_connected_maps():
     m = create_model("lenet5")
     x = torch.randn(3, 6, 14, 14)
@@ -177,6 +178,7 @@ def test_scaled_tanh_hand_written_backward_matches_the_formula():
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_subsampling_is_pooling_times_a_coefficient_plus_a_bias_however_computed(monkeypatch):
     from cnnlab.models.lenet import Subsampling
 
@@ -278,6 +280,7 @@ def feature_shapes(model, x):
     return shapes
 
 
+@pytest.mark.slow
 def test_alexnet_paper_volumes_and_towers():
     m = create_model("alexnet_paper").eval()
     s = feature_shapes(m, torch.randn(1, 3, 227, 227))
@@ -294,6 +297,7 @@ def test_alexnet_paper_volumes_and_towers():
     assert torch.equal(a[:, :128], b[:, :128]) and not torch.equal(a[:, 128:], b[:, 128:])
 
 
+@pytest.mark.slow
 def test_alexnet_paper_initialisation():
     m = create_model("alexnet_paper")
     f, c = m.features, m.classifier
@@ -302,6 +306,7 @@ def test_alexnet_paper_initialisation():
     assert abs(c.fc6.weight.std().item() - 0.01) < 1e-3
 
 
+@pytest.mark.slow
 def test_zfnet_volumes_follow_figure_3():
     m = create_model("zfnet").eval()
     s = feature_shapes(m, torch.randn(1, 3, 224, 224))
@@ -342,6 +347,7 @@ def test_vgg_cifar_is_the_lecture_assignment():
     assert (m.classifier.in_features, m.classifier.out_features) == (512, 10)
 
 
+@pytest.mark.slow
 def test_vgg_configuration_c_has_three_1x1_convolutions():
     m = create_model("vgg16_c")
     ks = [l.kernel_size for l in m.features if isinstance(l, torch.nn.Conv2d)]

@@ -158,5 +158,47 @@ def test_card_figures_match_torchvision_metadata(name, weights):
     assert figs["top5_acc"] == meta["_metrics"]["ImageNet-1K"]["acc@5"]
 
 
+_PUBLIC_API_PROBE = """
+import json, sys
+import cnnlab
+before = "torch" in sys.modules
+kinds = {}
+for name in cnnlab.__all__:
+    value = getattr(cnnlab, name)
+    kinds[name] = "class" if isinstance(value, type) else "callable" if callable(value) else type(value).__name__
+try:
+    cnnlab.no_such_name
+    unknown = "resolved"
+except AttributeError:
+    unknown = "AttributeError"
+print(json.dumps({"torch_on_import": before, "torch_after": "torch" in sys.modules, "kinds": kinds,
+                  "unknown": unknown, "version": cnnlab.__version__}))
+"""
+
+
+@pytest.mark.slow
 def test_public_api():
-    assert callable(cnnlab.summary) and cnnlab.__version__
+    """Every name in cnnlab.__all__ resolves, on first use, to a class or a function; `import cnnlab` alone does
+    not import PyTorch (cnnlab.scratch relies on it); the README's Python example uses only these names."""
+    import json
+    import re
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", _PUBLIC_API_PROBE], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    probe = json.loads(run.stdout)
+    assert probe["torch_on_import"] is False, "import cnnlab imported torch"
+    assert probe["torch_after"] is True  # the lazy names did load their modules
+    assert set(probe["kinds"]) == set(cnnlab.__all__) and len(cnnlab.__all__) == len(set(cnnlab.__all__))
+    assert all(kind in ("class", "callable") for kind in probe["kinds"].values()), probe["kinds"]
+    assert probe["kinds"]["CnnlabError"] == "class" and issubclass(cnnlab.CnnlabError, Exception)
+    assert probe["unknown"] == "AttributeError"
+    assert probe["version"] == tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    examples = re.findall(r"```python\n(.*?)```", (root / "README.md").read_text(), flags=re.S)
+    used = {m for code in examples for m in re.findall(r"\bcnnlab\.(\w+)", code)}
+    assert examples and used and used <= set(cnnlab.__all__), used - set(cnnlab.__all__)
+    assert {"create_model", "model_card", "summary"} <= used  # the example is still the one this reads

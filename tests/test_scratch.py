@@ -153,6 +153,7 @@ def test_softmax_cross_entropy_against_torch_and_finite_differences():
     assert np.isfinite(SoftmaxCrossEntropy()(np.array([[1e4, -1e4]]), np.array([1])))  # no overflow
 
 
+@pytest.mark.slow
 def test_a_whole_network_and_sgd_momentum_match_torch():
     net = Sequential(Conv2d(2, 3, 3, padding=1, rng=RNG, dtype=np.float64), LeakyReLU(0.1), MaxPool2d(2),
                      Conv2d(3, 4, (2, 3), stride=(1, 2), rng=RNG, dtype=np.float64), Tanh(), Flatten(),
@@ -249,6 +250,7 @@ def test_mnist_reader_reads_the_embedded_files(tmp_path):
         load_mnist("train", tmp_path)
 
 
+@pytest.mark.slow
 def test_scratch_lenet_learns_mnist_deterministically():
     a = train_mnist(train_images=600, epochs=1, test_images=500, seed=3)
     b = train_mnist(train_images=600, epochs=1, test_images=500, seed=3)
@@ -256,6 +258,7 @@ def test_scratch_lenet_learns_mnist_deterministically():
     assert a.parameters == 6 * 25 + 6 + 16 * 150 + 16 + 256 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10
 
 
+@pytest.mark.slow
 def test_scratch_lenet_reaches_95_percent_on_the_real_test_set():
     # 10,000 training images, 2 epochs, every one of the 10,000 official test images: about 10 s on 2 cores.
     result = train_mnist(train_images=10_000, epochs=2, seed=0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from cnnlab import CnnlabError, create_model, list_models
+from cnnlab import CnnlabError, create_model, list_models, model_card
 from cnnlab.cli import main
 from cnnlab.data.memory import balanced_subset, load
 from cnnlab.train import TrainConfig, train
@@ -28,8 +28,25 @@ def test_head_replacement_never_size_mismatches(name, tmp_path):
     assert set(report.new) == keys
     assert not (set(report.loaded) & keys)
     names = heads(dst, name)
+    assert sorted(names) == sorted({k.rsplit(".", 1)[0] for k in keys})  # every head module, once
+    # heads() puts the main head last (features mode, embed and --unfreeze rely on it): the one head that runs
+    # in eval mode, where the auxiliary classifiers are skipped and the model returns the main head's logits
+    assert _heads_run_in_eval(dst, name, names) == [names[-1]]
     if any(k.lower().startswith("aux") for k in keys):
         assert any(n.lower().startswith("aux") for n in names) and not names[-1].lower().startswith("aux")
+
+
+def _heads_run_in_eval(model, name, names) -> list[str]:
+    called = []
+    hooks = [model.get_submodule(n).register_forward_hook(lambda *_, n=n: called.append(n)) for n in names]
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, *model_card(name).input_size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 5)
+    return called
 
 
 def _dry_load(model, name, sd):
@@ -44,6 +61,7 @@ def _dry_load(model, name, sd):
         weights._read_source = orig
 
 
+@pytest.mark.slow
 def test_torchvision_state_dict_file_loads_and_gives_identical_outputs(tmp_path):
     theirs = torchvision.models.resnet18(weights=None).eval()
     path = tmp_path / "resnet18.pth"
@@ -61,6 +79,7 @@ def test_torchvision_state_dict_file_loads_and_gives_identical_outputs(tmp_path)
     torch.testing.assert_close(ten.conv1.weight, theirs.conv1.weight)
 
 
+@pytest.mark.slow
 def test_weights_of_another_architecture_or_a_corrupt_file_are_refused(tmp_path):
     path = tmp_path / "vgg.pth"
     torch.save(create_model("vgg11").state_dict(), path)
@@ -76,6 +95,7 @@ def test_weights_of_another_architecture_or_a_corrupt_file_are_refused(tmp_path)
         load_pretrained(create_model("resnet20"), "resnet20", "IMAGENET1K_V1")
 
 
+@pytest.mark.slow
 def test_feature_extraction_freezes_the_backbone_and_its_batchnorm():
     m = create_model("resnet18", num_classes=4)
     trainable = freeze_backbone(m, heads(m, "resnet18"))
@@ -114,6 +134,7 @@ def source_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_transfer_feature_extraction_run_changes_only_the_head(source_run, tmp_path, capsys):
     out = tmp_path / "feat"
     code = main(["transfer", "--from", str(source_run), "--data", "mnist", "--train-limit", "500", "--epochs", "1",
@@ -126,6 +147,7 @@ def test_transfer_feature_extraction_run_changes_only_the_head(source_run, tmp_p
     assert cfg["transfer"] == "features" and cfg["pretrained"] == str(source_run)
 
 
+@pytest.mark.slow
 def test_embed_writes_penultimate_features_with_labels(source_run, tmp_path):
     out = tmp_path / "emb.npz"
     assert main(["embed", str(source_run), "--out", str(out)]) == 0

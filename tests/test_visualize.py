@@ -147,6 +147,7 @@ def test_top9_refuses_channels_that_do_not_exist():
 
 # -- saliency and Grad-CAM -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_saliency_equals_a_finite_difference_gradient():
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)).double()
@@ -236,6 +237,7 @@ def test_hooks_are_removed_after_an_error():
     assert hooks_left(model) == 0
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_hundreds_of_calls():
     def rss() -> int:
         with open("/proc/self/statm") as f:
@@ -262,6 +264,7 @@ def test_memory_stays_flat_over_hundreds_of_calls():
     assert hooks_left(model) == 0
 
 
+@pytest.mark.slow
 def test_every_model_of_the_zoo_has_a_default_gradcam_layer_with_a_spatial_map():
     expected = {"lenet5": "c3", "lenet5_modern": "features.4", "alexnet": "features.11", "vgg16": "features.29",
                 "resnet18": "layer4", "resnet20": "layer3", "densenet121": "features.norm5",
@@ -290,6 +293,7 @@ def test_wrong_input_is_a_clear_error():
 
 # -- the commands, on a real run -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_visualize_commands_write_pngs_and_print_their_paths(run, digits, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     seven, two = str(digits[0]), str(digits[1])
@@ -307,6 +311,7 @@ def test_visualize_commands_write_pngs_and_print_their_paths(run, digits, tmp_pa
         assert (tmp_path / name).read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_saliency_and_gradcam_of_a_real_digit(run, digits):
     from cnnlab.data.view import load_image
     from cnnlab.runs import open_run
@@ -336,6 +341,7 @@ def test_saliency_and_gradcam_of_a_real_digit(run, digits):
     (["filters", "RUN", "--out", "x.jpg"], "--out must be a .png file"),
     ([], "say what to draw"),
 ])
+@pytest.mark.slow
 def test_visualize_mistakes_exit_2(run, digits, tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.png").write_text("not an image")
@@ -348,6 +354,7 @@ def test_visualize_mistakes_exit_2(run, digits, tmp_path, capsys, monkeypatch, a
     assert ".cpp" not in err  # no C++ source locations from the decoder
 
 
+@pytest.mark.slow
 def test_top9_on_a_dataset_with_other_channels_exits_2(run, capsys, monkeypatch):
     from cnnlab.data import memory
 

@@ -52,6 +52,7 @@ def test_card_figures_are_torchvision_metadata_and_agree(name):
     assert figs["top5_acc"] == meta["_metrics"]["ImageNet-1K"]["acc@5"]
 
 
+@pytest.mark.slow
 def test_fidelity_of_computable_figures():
     rows = [r for r in fidelity(list(TORCHVISION) + list(CIFAR_TABLE2_MILLIONS)) if r.ours is not None]
     assert len(rows) == 2 * len(TORCHVISION) + len(CIFAR_TABLE2_MILLIONS)
@@ -106,6 +107,7 @@ def test_dense_connectivity_is_concatenation_of_all_earlier_maps(bottleneck):
     assert torch.equal(y, torch.cat([x] + outputs, 1)) and y.shape[1] == 5 + 4 * 3
 
 
+@pytest.mark.slow
 def test_memory_efficient_gives_the_same_outputs_and_gradients():
     def small(memory_efficient):  # densenet_bc100's modules, fewer and narrower
         return DenseNet(4, (3, 3), 8, bottleneck=True, compression=0.5, stem="cifar", num_classes=10,
@@ -124,6 +126,7 @@ def test_memory_efficient_gives_the_same_outputs_and_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.slow
 def test_cifar_dropout_follows_every_conv_but_the_first():
     m = meta_model("densenet_bc100", drop_rate=0.2)
     assert m.features.transition1.drop_rate == 0.2 and m.features.denseblock1.denselayer1.paper_dropout
@@ -154,6 +157,7 @@ def test_joins_merge_every_column_that_ends_at_the_same_depth():
     assert FractalBlock(1, 1, 4).joins() == [[2, 3], [1, 2, 3], [2, 3], [0, 1, 2, 3]]
 
 
+@pytest.mark.slow
 def test_eval_is_deterministic_and_the_mean_join_by_hand():
     block = FractalBlock(2, 3, 3).eval()
     c0, c1, c2 = block.columns
@@ -179,6 +183,7 @@ def test_local_drop_path_never_drops_every_input_of_a_join():
     assert any(sum(k) == 1 for k in masks) and any(sum(k) > 1 for k in masks)  # really random
 
 
+@pytest.mark.slow
 def test_training_drop_path_varies_outputs_and_eval_does_not():
     m = create_model("fractalnet20", global_ratio=0.0, widths=SMALL)  # local drop-path only
     m.generator = torch.Generator().manual_seed(1)
@@ -195,6 +200,7 @@ def test_training_drop_path_varies_outputs_and_eval_does_not():
     assert m(x).shape == (4, 10) and m.last_drop is None
 
 
+@pytest.mark.slow
 def test_global_drop_path_is_exactly_one_column():
     m = create_model("fractalnet20", global_ratio=1.0, widths=SMALL)
     m.generator = torch.Generator().manual_seed(0)
@@ -210,6 +216,7 @@ def test_global_drop_path_is_exactly_one_column():
     assert len(chosen) > 1
 
 
+@pytest.mark.slow
 def test_single_column_extraction():
     m = create_model("fractalnet20", widths=SMALL).eval()
     x = torch.randn(2, 3, 32, 32)

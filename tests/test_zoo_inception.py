@@ -51,6 +51,7 @@ def test_inception_v3_macs_match_torchvision_metadata():
 
 
 # -- Inception-v3 against torchvision -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_inception_v3_loads_torchvision_state_dict_and_computes_the_same():
     theirs = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True)
     ours = create_model("inception_v3")
@@ -71,6 +72,7 @@ def test_inception_v3_loads_torchvision_state_dict_and_computes_the_same():
     torch.testing.assert_close(out_ours.aux, out_theirs.aux_logits, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_inception_v3_transform_input_matches_torchvision():
     theirs = torchvision.models.inception_v3(weights=None, aux_logits=False, transform_input=True,
                                              init_weights=False).eval()
@@ -82,6 +84,7 @@ def test_inception_v3_transform_input_matches_torchvision():
 
 
 # Shapes and return types only: the meta device runs them without computing (or initialising) anything.
+@pytest.mark.slow
 def test_inception_v3_outputs_by_mode_and_num_classes():
     with torch.device("meta"):
         m = create_model("inception_v3", num_classes=10)
@@ -119,6 +122,7 @@ def grid_shapes(model, names, x):
     return out, shapes
 
 
+@pytest.mark.slow
 def test_inception_v4_grid(v4):
     out, shapes = grid_shapes(v4, ["stem", "inception_a", "reduction_a", "inception_b", "reduction_b",
                                    "inception_c"], torch.randn(1, 3, 299, 299))
@@ -128,6 +132,7 @@ def test_inception_v4_grid(v4):
     assert [len(v4.inception_a), len(v4.inception_b), len(v4.inception_c)] == [4, 7, 3]  # Fig. 9
 
 
+@pytest.mark.slow
 def test_inception_resnet_v2_grid(irv2):
     out, shapes = grid_shapes(irv2, ["stem", "reduction_a", "reduction_b", "inception_resnet_c", "conv"],
                               torch.randn(1, 3, 299, 299))
@@ -160,6 +165,7 @@ def test_inception_resnet_v2_block_counts_and_scales():
     assert up.bias is not None and up.kernel_size == (1, 1)
 
 
+@pytest.mark.slow
 def test_residual_scale_is_applied():
     block = InceptionResNetBlock(320, RESNET_A, scale=0.17).eval()
     x = torch.randn(1, 320, 35, 35)

@@ -46,6 +46,7 @@ def test_parameter_count_and_card_match_torchvision_metadata(name):
     assert summary(name, **kw).total_macs / 1e9 == pytest.approx(meta["_ops"], abs=5e-4)
 
 
+@pytest.mark.slow
 def test_googlenet_bn_train_mode_matches_torchvision_aux_outputs():
     theirs = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True).train()
     ours = create_model("googlenet_bn").train()
@@ -130,7 +131,8 @@ def cifar_resnet_params(n, classes=10):
 
 
 @pytest.mark.parametrize("depth,n,millions", [(20, 3, 0.27), (32, 5, 0.46), (44, 7, 0.66), (56, 9, 0.85),
-                                              (110, 18, 1.7), (1202, 200, 19.4)])
+                                              (110, 18, 1.7),
+                                              pytest.param(1202, 200, 19.4, marks=pytest.mark.slow)])
 def test_cifar_resnets_match_table_6(depth, n, millions):
     count = n_params(f"resnet{depth}")
     assert count == cifar_resnet_params(n)
@@ -194,6 +196,7 @@ def test_linear_decay_rule():
     assert len(blocks) == 54 and [b.drop_prob for b in blocks] == probs
 
 
+@pytest.mark.slow
 def test_drop_path_is_active_in_training_and_scaled_in_eval():
     m = create_model("resnet20", drop_path_rate=0.9)
     block = m.layer3[-1]  # drop probability 0.9
@@ -228,6 +231,7 @@ def test_dropped_branch_leaves_the_block_input_alone_and_trains(name):
         m(torch.randn(2, 3, 64, 64)).sum().backward()
 
 
+@pytest.mark.slow
 def test_drop_path_on_imagenet_resnets_and_eval_equals_no_drop_when_rate_zero():
     m = create_model("resnet18", drop_path_rate=0.2).eval()
     blocks = [b for s in (m.layer1, m.layer2, m.layer3, m.layer4) for b in s]
@@ -240,6 +244,7 @@ def test_drop_path_on_imagenet_resnets_and_eval_equals_no_drop_when_rate_zero():
 
 
 # -- GoogLeNet -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_googlenet_inception_table_and_output_widths():
     m = create_model("googlenet")
     widths = {k: getattr(m, f"inception{k}").out_channels for k in INCEPTION}
@@ -283,6 +288,7 @@ def test_googlenet_summary_prints_table_1(golden):
     golden("googlenet_table1.txt", render_paper_table("googlenet") + "\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["googlenet", "googlenet_bn"])
 def test_aux_outputs_in_training_and_logits_in_eval(name):
     m = create_model(name, num_classes=7)
@@ -305,6 +311,7 @@ def test_trainer_weights_the_auxiliary_losses_as_the_paper():
     assert main is logits
 
 
+@pytest.mark.slow
 def test_googlenet_paper_aux_head_pools_5x5_stride_3():
     m = create_model("googlenet")
     x = torch.randn(1, 512, 14, 14)

@@ -2,8 +2,8 @@
 
 Files keep their official names and formats: the MNIST family as IDX ``.gz`` files, CIFAR as the python
 pickle batches of the official archive. File lists, mirrors and MD5s are the official ones, written out here
-so that the main command does not pay for importing torchvision (1-3 s); a test checks them against the ones
-torchvision's dataset classes publish.
+so that the main command does not pay for importing torchvision (timing: docs/benchmarks.md); a test checks
+them against the ones torchvision's dataset classes publish.
 
 Data are looked for in ``--data-dir``, else ``$CNNLAB_DATA_DIR``, else the per-user cache folder
 (``~/.cache/cnnlab``, or ``$XDG_CACHE_HOME/cnnlab``). MNIST also ships inside the package, so the main

@@ -1,9 +1,8 @@
 """How many threads NumPy's matrix products use, set at run time (what threadpoolctl does, in a few lines).
 
-The scratch network's products are small (a batch of 32 LeNet activations): on one thread they take tens of
-microseconds, while OpenBLAS's extra threads spin and, on a machine whose cores are busy, can make each product
-ten times slower. Training therefore runs on one BLAS thread by default. Where NumPy is not linked to OpenBLAS,
-or the library cannot be found, nothing is changed.
+The scratch network's products are small, so OpenBLAS's extra threads spin more than they help, most of all on
+a busy machine (figures: docs/benchmarks.md). Training therefore runs on one BLAS thread by default. Where NumPy
+is not linked to OpenBLAS, or the library cannot be found, nothing is changed.
 """
 
 from __future__ import annotations
