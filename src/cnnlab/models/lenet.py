@@ -108,9 +108,9 @@ class Subsampling(nn.Module):
     """S2/S4: average of each 2x2 block, times a trainable coefficient plus a trainable bias, per map.
 
     On a CPU, for fp32 (or fp64) channels-last input (the trainer's default there), computed as one
-    depthwise 2x2 stride-2 convolution whose four taps are coefficient / 4 (the same numbers): a LeNet-5
-    training step takes 9.4 ms against 10.9 ms with average pooling, a multiply and an add. In NCHW it was
-    6% slower and in bf16 47% slower, so those (and GPUs, not measured) keep the pooling. Inside
+    depthwise 2x2 stride-2 convolution whose four taps are coefficient / 4 (the same numbers), which is faster
+    than average pooling, a multiply and an add there; in NCHW and in bf16 it was slower, so those (and GPUs,
+    not measured) keep the pooling (timings: docs/benchmarks.md, "Time to 99.0%"). Inside
     ``textbook_ops()`` it always runs as pooling, so the inspector shows the layer as the paper describes it
     (no multiply-adds counted, as for any pooling layer)."""
 
