@@ -54,8 +54,9 @@ class _ScaledTanhFn(torch.autograd.Function):
 
     Why: PyTorch's CPU tanh is several times slower than its sigmoid, and the scaled tanh after C1 was the
     largest single cost of a LeNet-5 training step (timings: docs/benchmarks.md, "Time to 99.0%"). The values
-    differ from ``A * torch.tanh(S * x)`` by at most 5e-7 (fp32 rounding; tanh's own is 2e-7). Autograd's graph of the formula would also run three elementwise passes back; this runs two
-    (sigmoid_backward, one scale). When a graph of the backward is asked for (double backward), s is
+    differ from ``A * torch.tanh(S * x)`` by at most 5e-7 (fp32 rounding; tanh's own is 2e-7). Autograd's
+    graph of the formula would also run three elementwise passes back; this runs two (sigmoid_backward, one
+    scale). When a graph of the backward is asked for (double backward), s is
     recomputed from x so that the graph reaches x."""
 
     @staticmethod
