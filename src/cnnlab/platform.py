@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import CnnlabError
-from cnnlab.fileio import atomic_write_text
+from cnnlab.fileio import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def cpu_bf16_speedup() -> float:
         known[key] = round(_measure_bf16_speedup(), 3)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(known, indent=2) + "\n")
+            atomic_write_json(path, known)
         except OSError:
             pass  # a read-only cache: measure again next time
     return float(known[key])

@@ -2,7 +2,7 @@
 
 It reads like a reference training script: :func:`train` sets up (platform, data, model, optimiser,
 schedule, run folder) and runs :func:`train_one_epoch` and :func:`evaluate` epoch by epoch; the platform
-(:mod:`.platform`), the run folder (:mod:`.rundir`) and the schedule (:mod:`.schedule`) live in their own
+(:mod:`cnnlab.platform`), the run folder (:mod:`.rundir`) and the schedule (:mod:`.schedule`) live in their own
 modules, what a run holds in :mod:`cnnlab.runs`.
 
 Checkpoints are written at the end of every epoch. ``resume`` restarts from the last one: the epoch that was
