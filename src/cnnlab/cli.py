@@ -7,6 +7,7 @@ library's parameters; :func:`flag` says them as this command line's flags."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import warnings
@@ -205,7 +206,9 @@ def _train_flags(t) -> None:
     t.add_argument("--lr", type=_positive_float,
                    help="peak learning rate (default: the recipe's); the recipe's schedule is kept")
     t.add_argument("--recipe", help="see `cnnlab recipes` (default: the model's)")
-    t.add_argument("--out", help="run folder (default: runs/MODEL-DATA-TIME)")
+    t.add_argument("--out", help="run folder (default: runs/MODEL-DATA-TIME); a folder that holds a run is refused "
+                                 "(continue it with --resume, or replace it with --overwrite)")
+    t.add_argument("--overwrite", action="store_true", help="let --out replace the run that folder holds")
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
                    help="auto: a CUDA GPU if there is one, else the CPU")
     t.add_argument("--precision", choices=("fp32", "bf16", "fp16", "fp64", "auto"), default="auto",
@@ -239,7 +242,7 @@ def _train_config(args, model: str, model_options: dict | None = None, **setting
                        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                        seed=args.seed, deterministic=args.deterministic, quiet=args.quiet, data_dir=args.data_dir,
                        val_split=args.val_split, log_every=args.log_every, train_limit=args.train_limit,
-                       model_options=options, **settings)
+                       overwrite=args.overwrite, model_options=options, **settings)
 
 
 def _run(cfg) -> str:
@@ -356,7 +359,11 @@ def _eval(args) -> str:
     report = evaluate([args.checkpoint] + args.ensemble, args.data, args.tta, args.data_dir)
     if args.format == "json":
         return json.dumps(report.as_dict(), indent=2) + "\n"
-    return report.text() + f"\nconfusion matrix: {report.plot_beside(args.checkpoint)}\n"
+    try:
+        where = report.plot_beside(args.checkpoint)
+    except OSError as e:  # a read-only run folder: the figures are what was asked for, the picture is extra
+        where = f"not written ({_os_error(e)})"
+    return report.text() + f"\nconfusion matrix: {where}\n"
 
 
 def predict_command(sub) -> None:
@@ -621,6 +628,10 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def _os_error(e: OSError) -> str:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {e.filename}" if e.filename else ""
+        return (f"disk full{where}: free some space and run again (files written before are intact, and a run "
+                f"resumes from its last checkpoint)")
     if isinstance(e, FileExistsError) and e.filename:
         return f"{e.filename} is a file, but a folder is needed there; choose another path"
     if isinstance(e, NotADirectoryError) and e.filename:

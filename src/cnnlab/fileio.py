@@ -1,6 +1,8 @@
 """Files written atomically: to a temporary file in the same folder, flushed and fsynced, then renamed over
-the target. A crash at any moment leaves the old file or the new one, never half of either. And torch files
-read safely (:func:`load_torch`: ``weights_only=True``, and one sentence when a file cannot be read)."""
+the target. A crash at any moment leaves the old file or the new one, never half of either; a failed write (a
+full disk) removes its temporary file and names the file asked for. And torch files read safely
+(:func:`load_torch`: ``weights_only=True``, every record's CRC-32 checked first, and one sentence when a file
+cannot be read)."""
 
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno and e.filename in (None, tmp):  # name the file asked for
+            raise type(e)(e.errno, e.strerror, str(path)) from None
         raise
 
 
@@ -51,11 +55,35 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save, atomically."""
+    """torch.save, atomically. torch's zip writer turns a failed write (a full disk) into a RuntimeError
+    ("unexpected pos"); the OSError behind it is raised instead."""
     import torch
 
     with atomic_open(path) as f:
-        torch.save(obj, f)
+        writer = _Writes(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+class _Writes:
+    """A file for torch.save that keeps the OSError of a failed write."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> None:
@@ -73,6 +101,7 @@ def load_torch(p: Path, what: str = "checkpoint", map_location="cpu"):
 
     import torch
 
+    _check_crc(p, what)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. the unpickler's note on a foreign pickle protocol
@@ -97,3 +126,19 @@ def load_torch(p: Path, what: str = "checkpoint", map_location="cpu"):
     else:
         why = f"{kind}: {text.splitlines()[0][:200] if text else 'unreadable'}"
     raise CnnlabError(f"{p} is not a readable {what}: {why}")
+
+
+def _check_crc(p: Path, what: str) -> None:
+    """torch.save writes a zip archive whose records each carry a CRC-32 of their bytes, but torch.load never
+    checks them: a flipped bit in a weight loads silently. Check them all (about 4 ms per MB)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return  # not a zip (or unreadable): torch.load's failure is explained below
+    if bad is not None:
+        raise CnnlabError(f"{p} is damaged: its record {bad} fails its CRC-32 check, so its bytes changed after "
+                          f"cnnlab wrote them (a failing disk or a bad copy); copy it again from a good source, or "
+                          f"use another checkpoint of the run (best.pt, or resume from it)")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
+from cnnlab.runs import RunInfo
 
 
 @dataclass
@@ -37,6 +38,7 @@ class TrainConfig:
     lr_backbone: float | None = None  # "finetune": the backbone's learning rate (default lr / 10)
     train_limit: int | None = None  # train on a class-balanced random subset of this many images
     sync_bn: bool = False  # data parallel: BatchNorm statistics over the global batch (GPUs only)
+    overwrite: bool = False  # a new run may replace the run that ``out`` holds
 
 
 @dataclass
@@ -51,17 +53,18 @@ class RunResult:
 
 # What a resumed run may change: where and how verbosely it goes on, and for how long. Every other setting is
 # the run's own; asking for another value is refused, never ignored.
-RESUME_MAY_CHANGE = ("resume", "epochs", "device", "out", "quiet", "data_dir")
+RESUME_MAY_CHANGE = ("resume", "epochs", "device", "out", "quiet", "data_dir", "overwrite")
 
 
 def _default(f) -> object:
     return f.default_factory() if callable(f.default_factory) else f.default
 
 
-def resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
-    """The configuration a resumed run goes on with: the run's own settings (``saved``, from its checkpoint),
+def resumed_config(info: RunInfo, given: TrainConfig) -> TrainConfig:
+    """The configuration a resumed run goes on with: the run's own settings (``info``, from its checkpoint),
     with the settings of :data:`RESUME_MAY_CHANGE` that ``given`` sets. A setting outside that list that
     ``given`` sets to another value than the run's is refused."""
+    saved = {**info.config, "model": info.model}
     own = {f.name: saved.get(f.name, _default(f)) for f in fields(TrainConfig)}
     if own["model"] != given.model:
         raise CnnlabError(f"the checkpoint {given.resume} is a {own['model']} run, not {given.model}")

@@ -269,12 +269,14 @@ def check_launch(nproc: int, cfg: TrainConfig) -> None:
     that could not work: a launch from inside torchrun, no run folder for the workers to share, an unknown
     model, more processes than GPUs, or a resumed run asked to change its settings."""
     from cnnlab.models import model_card
+    from cnnlab.train.rundir import check_destination
 
     if launched_by_torchrun():
         raise CnnlabError("`nproc` starts torchrun; this process already runs under torchrun, so leave it out",
                           params=("nproc",))
     if not (cfg.out or cfg.resume):
         raise CnnlabError(NEEDS_OUT, params=("out", "resume"))
+    check_destination(cfg.out, cfg.resume, cfg.overwrite)
     model_card(cfg.model)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     resolve_device(cfg.device)
@@ -285,4 +287,4 @@ def check_launch(nproc: int, cfg: TrainConfig) -> None:
         from cnnlab.runs import load_checkpoint
         from cnnlab.train.config import resumed_config
 
-        resumed_config(load_checkpoint(cfg.resume)["info"].config, cfg)
+        resumed_config(load_checkpoint(cfg.resume)["info"], cfg)

@@ -36,12 +36,12 @@ from cnnlab.analysis.summary import summary
 from cnnlab.data.view import DataView, OpenedData, open_data
 from cnnlab.errors import CnnlabError, CnnlabNote
 from cnnlab.models.registry import create_model, model_card
-from cnnlab.runs import RunInfo, load_checkpoint
+from cnnlab.runs import RunInfo, load_checkpoint, resolve
 from cnnlab.train import distributed
 from cnnlab.train.config import RunResult, TrainConfig, resumed_config
 from cnnlab.platform import Platform, hardware, keep_freed_memory, versions
 from cnnlab.train.recipes import Recipe, get_recipe, override, recipe_for
-from cnnlab.train.rundir import RunFolder
+from cnnlab.train.rundir import RunFolder, check_destination, repair_best
 from cnnlab.train.schedule import Schedule
 from cnnlab.transfer.prepare import prepare
 
@@ -69,6 +69,7 @@ def _train(cfg: TrainConfig) -> RunResult:
     started = time.time()
     keep_freed_memory()
     dist, cfg, checkpoint, device = _join(cfg)
+    check_destination(cfg.out, cfg.resume, cfg.overwrite)
     recipe = _recipe(cfg, dist.world)
     data = cfg.data or recipe.data
     torch.manual_seed(cfg.seed)
@@ -93,40 +94,42 @@ def _train(cfg: TrainConfig) -> RunResult:
     if dist.active:
         t.model, t.step_model = distributed.wrap(model, platform.device, cfg.sync_bn)
     t.step_model = torch.compile(t.step_model) if cfg.compile else t.step_model
-    folder = RunFolder.choose(cfg.out, cfg.resume, cfg.model, data, dist.main)
-    info = RunInfo(cfg.model, tuple(train_data.classes), train_data.channels, tuple(card.input_size), data,
-                   cfg.model_options, recipe.as_dict(), eval_data.split, cfg.seed, platform.precision,
-                   cfg.train_limit, asdict(cfg))
-    if checkpoint is not None:
-        t.restore(checkpoint, info, cfg.resume)
-    resolved = _resolved(cfg, info, recipe, platform, len(train_data.loader), macs, dist)
-    folder.start(resolved, t.epoch)
-    say = (lambda *a: None) if cfg.quiet or not dist.main else print
-    if note:
-        say(note)
-    _announce(say, cfg, info, recipe, platform, dist, folder, t, checkpoint)
-    progress = None if cfg.quiet or not dist.main else _progress()
-    for epoch in range(t.epoch, recipe.epochs):
-        tr = train_one_epoch(t, train_data, epoch, folder, cfg.log_every, progress)
-        ev = evaluate(t.model, eval_data, platform, dist, recipe.logit_scale)
-        t.schedule.end_epoch(ev["top1"])
-        record = {"kind": "epoch", "epoch": epoch + 1, "step": t.step, "train_loss": tr["loss"],
-                  "train_top1": tr["top1"], "eval_split": eval_data.split, "eval_loss": ev["loss"],
-                  "eval_top1": ev["top1"], "eval_top5": ev["top5"], "lr": tr["lr"], "seconds": tr["seconds"],
-                  "images_per_s": tr["images_per_s"], "elapsed": time.time() - started}
-        t.end_epoch(record, folder, info)
-        say(f"epoch {epoch + 1:>3}/{recipe.epochs}  train loss {record['train_loss']:.4f} "
-            f"acc {record['train_top1']:.2f}%  {eval_data.split} loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}% "
-            f"top-5 {ev['top5']:.2f}%  {record['images_per_s']:,.0f} img/s  {record['seconds']:.1f}s")
-        folder.curves(t.history)
-    if progress:
-        progress.stop()
-    seconds = time.time() - started
-    folder.summary(resolved, t.history, t.best_top1, seconds)
-    dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written everything
-    say(f"done: best {eval_data.split} top-1 {t.best_top1:.2f}% in {seconds:.1f}s; run folder {folder.path}")
-    return RunResult(folder.path, recipe.epochs, t.best_top1, t.history[-1] if t.history else {}, seconds,
-                     dist.rank)
+    with RunFolder.choose(cfg.out, cfg.resume, cfg.model, data, dist.main, cfg.overwrite) as folder:
+        info = RunInfo(cfg.model, tuple(train_data.classes), train_data.channels, tuple(card.input_size), data,
+                       cfg.model_options, recipe.as_dict(), eval_data.split, cfg.seed, platform.precision,
+                       cfg.train_limit, asdict(cfg))
+        if checkpoint is not None:
+            t.restore(checkpoint, info, cfg.resume)
+            if dist.main and resolve(cfg.resume).resolve() == folder.last.resolve():
+                repair_best(folder.path, checkpoint)
+        resolved = _resolved(cfg, info, recipe, platform, len(train_data.loader), macs, dist)
+        folder.start(resolved, t.epoch, t.history)
+        say = (lambda *a: None) if cfg.quiet or not dist.main else print
+        if note:
+            say(note)
+        _announce(say, cfg, info, recipe, platform, dist, folder, t, checkpoint)
+        progress = None if cfg.quiet or not dist.main else _progress()
+        for epoch in range(t.epoch, recipe.epochs):
+            tr = train_one_epoch(t, train_data, epoch, folder, cfg.log_every, progress)
+            ev = evaluate(t.model, eval_data, platform, dist, recipe.logit_scale)
+            t.schedule.end_epoch(ev["top1"])
+            record = {"kind": "epoch", "epoch": epoch + 1, "step": t.step, "train_loss": tr["loss"],
+                      "train_top1": tr["top1"], "eval_split": eval_data.split, "eval_loss": ev["loss"],
+                      "eval_top1": ev["top1"], "eval_top5": ev["top5"], "lr": tr["lr"], "seconds": tr["seconds"],
+                      "images_per_s": tr["images_per_s"], "elapsed": time.time() - started}
+            t.end_epoch(record, folder, info)
+            say(f"epoch {epoch + 1:>3}/{recipe.epochs}  train loss {record['train_loss']:.4f} "
+                f"acc {record['train_top1']:.2f}%  {eval_data.split} loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}% "
+                f"top-5 {ev['top5']:.2f}%  {record['images_per_s']:,.0f} img/s  {record['seconds']:.1f}s")
+            folder.curves(t.history)
+        if progress:
+            progress.stop()
+        seconds = time.time() - started
+        folder.summary(resolved, t.history, t.best_top1, seconds)
+        dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written everything
+        say(f"done: best {eval_data.split} top-1 {t.best_top1:.2f}% in {seconds:.1f}s; run folder {folder.path}")
+        return RunResult(folder.path, recipe.epochs, t.best_top1, t.history[-1] if t.history else {}, seconds,
+                         dist.rank)
 
 
 @dataclass
@@ -182,12 +185,13 @@ class Training:
         """Record the epoch and checkpoint it (last.pt, and best.pt when its evaluation top-1 is the best)."""
         self.epoch = record["epoch"]
         self.history.append(record)
-        folder.log(record)
         best = record["eval_top1"] > self.best_top1
         self.best_top1 = max(self.best_top1, record["eval_top1"])
-        if folder.main:
+        if folder.main:  # the checkpoint first: metrics.jsonl never holds an epoch that no checkpoint has (a
+            # kill between the two is mended on resume from the checkpoint's history)
             weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
             folder.save(info, weights, self.state(), best)
+        folder.log(record)
 
 
 def train_one_epoch(t: Training, data: OpenedData, epoch: int, folder: RunFolder, log_every: int, progress) -> dict:
@@ -295,7 +299,7 @@ def _join(cfg: TrainConfig) -> tuple[distributed.Dist, TrainConfig, dict | None,
     if not cfg.resume:
         return dist, cfg, None, device
     checkpoint = load_checkpoint(cfg.resume)
-    cfg = resumed_config(checkpoint["info"].config, cfg)
+    cfg = resumed_config(checkpoint["info"], cfg)
     return dist, cfg, checkpoint, device if dist.active else cfg.device
 
 
