@@ -157,7 +157,8 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path,
 def _killed(out: Path, *, at: int | None = None, when: str = "before", after_s: float | None = None, resume=False):
     """Start the command line in a process and kill it with SIGKILL: at the ``at``-th write of a run file, or
     ``after_s`` seconds after it started. Returns the exit code."""
-    args = ["train", "lenet5_modern", "--resume", str(out), "--quiet"] if resume else ["train", *ARGS, "--out", str(out)]
+    args = (["train", "lenet5_modern", "--resume", str(out), "--quiet"] if resume
+            else ["train", *ARGS, "--out", str(out)])
     if at is not None:
         cmd = [sys.executable, str(HERE / "kill_at_write.py"), str(at), when, *args]
     else:
