@@ -19,6 +19,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _check_classes(root: Path) -> list[str]:
+    if root.exists() and not root.is_dir():
+        raise CnnlabError(f"{root} is a file, not a folder; `data` folder:PATH takes a folder of class folders "
+                          f"(PATH/<class>/*.jpg, or PATH/train and PATH/val)", params=("data",))
     if not root.is_dir():
         raise CnnlabError(f"image folder {root} does not exist")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))

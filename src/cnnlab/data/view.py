@@ -45,10 +45,13 @@ class DataView:
         return int(self.augment.get("pad_to", 0) or 0)
 
     def with_data(self, data: str | None) -> DataView:
-        """The same preparation for other images (``data`` None: these)."""
+        """The same preparation for other images (``data`` None: these). An image folder takes no
+        ``train_limit`` (a subset of the run's in-memory training images)."""
         from dataclasses import replace
 
-        return self if not data or data == self.data else replace(self, data=data)
+        if not data or data == self.data:
+            return self
+        return replace(self, data=data, train_limit=None if data.startswith("folder:") else self.train_limit)
 
     def stats(self) -> tuple[tuple, tuple]:
         """The per-channel mean and std the images are normalised with."""

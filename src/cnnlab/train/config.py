@@ -37,6 +37,7 @@ class TrainConfig:
     lr_backbone: float | None = None  # "finetune": the backbone's learning rate (default lr / 10)
     train_limit: int | None = None  # train on a class-balanced random subset of this many images
     sync_bn: bool = False  # data parallel: BatchNorm statistics over the global batch (GPUs only)
+    skip_bad_images: bool = False  # image folders: leave out (and count) the files that cannot be read
 
 
 @dataclass
@@ -51,7 +52,7 @@ class RunResult:
 
 # What a resumed run may change: where and how verbosely it goes on, and for how long. Every other setting is
 # the run's own; asking for another value is refused, never ignored.
-RESUME_MAY_CHANGE = ("resume", "epochs", "device", "out", "quiet", "data_dir")
+RESUME_MAY_CHANGE = ("resume", "epochs", "device", "out", "quiet", "data_dir", "skip_bad_images")
 
 
 def _default(f) -> object:
