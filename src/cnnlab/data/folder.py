@@ -27,6 +27,13 @@ def _check_classes(root: Path) -> list[str]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise CnnlabError(f"{root} has no class sub-folders; expected {root}/<class>/<image files>")
+    from cnnlab.data.sources import DATASETS
+
+    official = {s.folder for s in DATASETS.values()} & set(classes)
+    if official:
+        raise CnnlabError(f"{root} holds cnnlab's dataset files ({', '.join(sorted(official))}), not class folders "
+                          f"of images; pass `data` mnist, cifar10, ... with `data_dir` {root}",
+                          params=("data", "data_dir"))
     for c in classes:
         if not any(is_image_name(f) for f in (root / c).iterdir()):
             raise CnnlabError(f"class folder {root / c} holds no images; remove it or add images")
