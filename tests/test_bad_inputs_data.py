@@ -188,7 +188,7 @@ def test_a_bad_file_in_an_image_folder_is_one_sentence_across_the_worker_boundar
     _folder(tmp_path / "split" / "val", 1)
     bad = _bad(kind, root / "cat")
     loader = open_data(DataView(f"folder:{tmp_path / 'split'}", 3, 32), "train", train=True, batch_size=2,
-                       workers=workers).loader
+                       workers=workers, skip_bad_images=False).loader
     message, params = None, None
     try:
         for _ in loader:
@@ -221,6 +221,16 @@ def test_skip_bad_images_leaves_them_out_and_counts_them(tmp_path):
     assert not [w for w in caught if isinstance(w.message, CnnlabNote)]
 
 
+def test_commands_without_the_skip_option_do_not_offer_it(tmp_path):
+    """top9 picks images by their index in the stream: it cannot skip, so its sentence offers no flag."""
+    root = _folder(tmp_path / "split" / "train", 2)
+    _folder(tmp_path / "split" / "val", 2)
+    bad = _bad("random.jpg", tmp_path / "split" / "val" / "dog")
+    with pytest.raises(CnnlabError) as e:
+        list(open_data(DataView(f"folder:{tmp_path / 'split'}", 3, 32), "val", workers=0).loader)
+    assert str(e.value).startswith(str(bad)) and "skip_bad_images" not in str(e.value) and root.is_dir()
+
+
 @pytest.mark.slow
 def test_training_on_a_folder_with_a_truncated_image_is_one_sentence_and_skip_trains_on(capsys, tmp_path):
     """Through the command line, with the DataLoader's default workers (which wrapped the decoder's error in a
@@ -232,7 +242,7 @@ def test_training_on_a_folder_with_a_truncated_image_is_one_sentence_and_skip_tr
     assert "skip_bad_images" not in line
     code, out, err = cli(capsys, *argv, "--out", tmp_path / "run2", "--skip-bad-images")
     assert code == 0, err
-    assert "cnnlab: note: left out 1 images" in err and str(bad) in err and "Traceback" not in err
+    assert "cnnlab: note: left out 1 image that cannot be read" in err and str(bad) in err and "Traceback" not in err
 
 
 def test_folders_of_the_wrong_kind_are_one_sentence(capsys, tmp_path):

@@ -102,12 +102,13 @@ def folder_datasets(path: str, size: int, val_split: float | None, seed: int, ch
 
 
 def folder_loader(ds, batch_size: int, train: bool, seed: int, workers: int | None = None, rank: int = 0,
-                  world: int = 1, skip_bad_images: bool = False) -> FolderLoader:
+                  world: int = 1, skip_bad_images: bool | None = None) -> FolderLoader:
     """A DataLoader over an image folder. With ``world`` > 1, ``batch_size`` is the global batch and this
     rank gets 1/world of it: training through a DistributedSampler (reshuffled per epoch with ``seed`` once
     the trainer calls ``set_epoch``; the last incomplete global batch is dropped), evaluation over the images
     rank, rank + world, ... so every image is scored exactly once. An image that cannot be read stops it with a
-    sentence naming the file, or with ``skip_bad_images`` is left out (a note counts them)."""
+    sentence naming the file (which offers ``skip_bad_images`` when it is False, not None), or with
+    ``skip_bad_images`` is left out (a note counts them)."""
     g = torch.Generator().manual_seed(seed)
     workers = min(4, torch.get_num_threads()) if workers is None else workers
     if world > 1:
@@ -155,9 +156,10 @@ def _collate(samples: list):
 class FolderLoader:
     """The DataLoader's batches, less the images that could not be read: the first one stops the pass with its
     sentence, or with ``skip_bad_images`` they are left out and counted (``skipped``) in a note at the end of a
-    pass that met new ones. Other attributes (``sampler``, ``dataset``) are the DataLoader's."""
+    pass that met new ones; the sentence offers ``skip_bad_images`` if it is False (None: the caller offers no
+    skipping). Other attributes (``sampler``, ``dataset``) are the DataLoader's."""
 
-    def __init__(self, loader: DataLoader, skip_bad_images: bool = False):
+    def __init__(self, loader: DataLoader, skip_bad_images: bool | None = None):
         self.loader, self.skip_bad_images, self.skipped = loader, skip_bad_images, {}
 
     def __len__(self) -> int:
@@ -169,6 +171,8 @@ class FolderLoader:
     def __iter__(self):
         before = len(self.skipped)
         for batch, bad in self.loader:
+            if bad and self.skip_bad_images is None:
+                raise CnnlabError(bad[0])
             if bad and not self.skip_bad_images:
                 raise CnnlabError(f"{bad[0]} (or pass `skip_bad_images` to leave out the images that cannot be "
                                   f"read)", params=("skip_bad_images",))
@@ -177,5 +181,6 @@ class FolderLoader:
                 yield batch
         if len(self.skipped) > before:
             first = next(iter(self.skipped))
-            warnings.warn(CnnlabNote(f"left out {len(self.skipped):,} images that cannot be read; the first: "
+            n = len(self.skipped)
+            warnings.warn(CnnlabNote(f"left out {n:,} image{'s' * (n != 1)} that cannot be read; the first: "
                                      f"{first}"), stacklevel=2)

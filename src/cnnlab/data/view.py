@@ -107,7 +107,7 @@ def _memory(view: DataView, split: str, data_dir):
 def open_data(view: DataView, split: str, *, train: bool = False, batch_size: int = 256, data_dir=None,
               rank: int = 0, world: int = 1, device="cpu", channels_last: bool = False, crops10: bool = False,
               explicit_val_split: bool = False, workers: int | None = None,
-              skip_bad_images: bool = False) -> OpenedData:
+              skip_bad_images: bool | None = None) -> OpenedData:
     """``split`` of the images ``view`` names: "train" (the training images, less a held-out fraction),
     "val" (that fraction) or "test" (an image folder: its val/ or test/ folder, or the held-out fraction).
     ``train`` serves them for training: shuffled, augmented, the last incomplete batch dropped. With ``world``
@@ -115,7 +115,8 @@ def open_data(view: DataView, split: str, *, train: bool = False, batch_size: in
     whole resized square so ten crops can be cut from it. ``explicit_val_split``: the hold-out was asked for
     by the user (refused for a folder that is split already) rather than by a recipe (ignored there).
     ``skip_bad_images``: an image folder's files that cannot be read are left out (and counted in a note)
-    rather than stopping the pass with a sentence naming the first."""
+    rather than stopping the pass with a sentence naming the first (which offers `skip_bad_images` when it is
+    False; None: the caller has no such option)."""
     if split not in SPLITS:
         raise CnnlabError(f"`split` must be one of {', '.join(SPLITS)}, got {split!r}", params=("split",))
     if view.is_folder:
