@@ -2,6 +2,7 @@
 traceback, a hang, or a run that fails after an epoch. The bad inputs are made here, small, with Pillow."""
 
 import gc
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -132,10 +133,13 @@ def _bad(kind: str, folder: Path) -> Path:
         Image.fromarray(np.zeros((8, 8), np.float32), "F").save(path)
     elif kind == "a-folder.jpg":
         path.mkdir()
+    elif kind == "fifo.png":  # opening it for reading would wait for a writer
+        os.mkfifo(path)
     return path
 
 
-BAD = ["truncated.png", "truncated.jpg", "random.jpg", "empty.png", "dangling.png", "float.tif", "a-folder.jpg"]
+BAD = ["truncated.png", "truncated.jpg", "random.jpg", "empty.png", "dangling.png", "float.tif", "a-folder.jpg",
+       "fifo.png"]
 
 
 @pytest.mark.parametrize("kind", BAD + ["missing.png"])

@@ -33,6 +33,8 @@ def _missing(path: Path) -> CnnlabError:
         return CnnlabError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; {FIX}")
     if path.is_dir():
         return CnnlabError(f"{path} is a folder, not an image file; give the image files in it (e.g. {path}/*.jpg)")
+    if path.exists():  # a pipe, a device, a socket: reading it could wait for ever
+        return CnnlabError(f"{path} is not a regular file; give an image file")
     return CnnlabError(f"image {path} does not exist")
 
 
@@ -58,6 +60,8 @@ def read_image(path: str | os.PathLike, mode: str = "RGB"):
         raise
     except UnidentifiedImageError:
         raise CnnlabError(f"{path} is not an image cnnlab can read (it reads {ACCEPTED}); {FIX}") from None
+    except PermissionError:
+        raise CnnlabError(f"{path} cannot be read: permission denied; check its permissions") from None
     except Image.DecompressionBombError:
         raise CnnlabError(f"{path} is too large to be an image a CNN reads (over 179M pixels); "
                           f"resize it first") from None
