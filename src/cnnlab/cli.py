@@ -226,6 +226,8 @@ def _train_flags(t) -> None:
     t.add_argument("--train-limit", type=_positive_int, metavar="N",
                    help="train on a class-balanced random subset of N images (a labelled budget)")
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between metrics.jsonl lines")
+    t.add_argument("--skip-bad-images", action="store_true",
+                   help="folder:PATH: leave out the image files that cannot be read (a note counts them)")
     _option_flag(t)
 
 
@@ -242,7 +244,8 @@ def _train_config(args, model: str, model_options: dict | None = None, **setting
                        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                        seed=args.seed, deterministic=args.deterministic, quiet=args.quiet, data_dir=args.data_dir,
                        val_split=args.val_split, log_every=args.log_every, train_limit=args.train_limit,
-                       overwrite=args.overwrite, model_options=options, **settings)
+                       overwrite=args.overwrite, skip_bad_images=args.skip_bad_images, model_options=options,
+                       **settings)
 
 
 def _run(cfg) -> str:
@@ -349,6 +352,8 @@ def eval_command(sub) -> None:
     e.add_argument("--tta", choices=("flip", "crops10"), help="test-time augmentation")
     e.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT", help="more checkpoints to average")
     e.add_argument("--data-dir")
+    e.add_argument("--skip-bad-images", action="store_true",
+                   help="folder:PATH: leave out the image files that cannot be read (a note counts them)")
     e.add_argument("--format", choices=("text", "json"), default="text")
     e.set_defaults(handler=_eval)
 
@@ -356,7 +361,8 @@ def eval_command(sub) -> None:
 def _eval(args) -> str:
     from cnnlab.analysis.evaluate import evaluate
 
-    report = evaluate([args.checkpoint] + args.ensemble, args.data, args.tta, args.data_dir)
+    report = evaluate([args.checkpoint] + args.ensemble, args.data, args.tta, args.data_dir,
+                      skip_bad_images=args.skip_bad_images)
     if args.format == "json":
         return json.dumps(report.as_dict(), indent=2) + "\n"
     try:

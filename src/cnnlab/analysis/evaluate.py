@@ -142,9 +142,10 @@ class EvalReport:
 
 
 def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = None, data_dir=None,
-             batch_size: int = 256, split: str | None = None) -> EvalReport:
+             batch_size: int = 256, split: str | None = None, skip_bad_images: bool = False) -> EvalReport:
     """Score checkpoints (an ensemble averages their softmax) on the split they were evaluated on in
-    training, or on ``split`` ("test") if given; image folders use their own evaluation split."""
+    training, or on ``split`` ("test") if given; image folders use their own evaluation split (with
+    ``skip_bad_images``, less the files that cannot be read)."""
     from cnnlab.platform import keep_freed_memory
 
     keep_freed_memory()
@@ -157,9 +158,15 @@ def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = 
     view = info.view.with_data(data)
     # ten crops of a folder's images come from the resized square (size / 0.875), not from a centre crop
     opened = open_data(view, split or info.eval_split, batch_size=batch_size, data_dir=data_dir,
-                       crops10=tta == "crops10")
+                       crops10=tta == "crops10", skip_bad_images=skip_bad_images)
     if opened.classes != list(info.classes):
-        raise CnnlabError(f"{view.data} has other classes than the checkpoint was trained on")
+        theirs, ours = list(info.classes), list(opened.classes)
+        first = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), None)
+        differ = (f" (class {first} is {theirs[first]!r} in the run, {ours[first]!r} there)" if first is not None
+                  else "")
+        raise CnnlabError(f"the run was trained on {_classes(theirs)} but {view.data} has {_classes(ours)}"
+                          f"{differ}; evaluate it on images of its own classes (one folder per class, named as "
+                          f"the run's)")
     models = [r.model for r in runs]
     if view.is_folder:
         batches, size = opened.loader, view.size
@@ -167,6 +174,12 @@ def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = 
         batches, size = _memory_views(opened, tta)
     confusion, top5 = _score(models, batches, tta, size, len(opened.classes))
     return EvalReport(opened.classes, confusion, top5, opened.split, tta, len(models))
+
+
+def _classes(names) -> str:
+    """``names`` in a few words: "3 classes (cat, dog, fox)", the first 5 of more."""
+    shown = ", ".join(list(names)[:5]) + (", ..." if len(names) > 5 else "")
+    return f"{len(names)} class{'es' * (len(names) != 1)} ({shown})"
 
 
 def _memory_views(opened: OpenedData, tta: str | None):

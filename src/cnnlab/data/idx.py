@@ -5,6 +5,7 @@ the package."""
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
-        raise CnnlabError(f"{path} cannot be read as an IDX file ({e}); it may be truncated: check the path or "
-                          f"fetch it again") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise CnnlabError(f"{path} is corrupt or truncated ({e}); download it again or copy a good one there "
+                          f"(`cnnlab data verify` checks cnnlab's data files)") from None
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise CnnlabError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = data[3]

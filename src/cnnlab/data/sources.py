@@ -148,11 +148,14 @@ def spec(name: str) -> DatasetSpec:
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """--data-dir, else $CNNLAB_DATA_DIR, else the per-user cache folder."""
-    if data_dir:
-        return Path(data_dir).expanduser()
-    if os.environ.get("CNNLAB_DATA_DIR"):
-        return Path(os.environ["CNNLAB_DATA_DIR"]).expanduser()
+    """--data-dir, else $CNNLAB_DATA_DIR, else the per-user cache folder; refused if it is a file."""
+    if data_dir or os.environ.get("CNNLAB_DATA_DIR"):
+        root = Path(data_dir or os.environ["CNNLAB_DATA_DIR"]).expanduser()
+        if root.exists() and not root.is_dir():
+            name = "`data_dir`" if data_dir else "$CNNLAB_DATA_DIR"
+            raise CnnlabError(f"{name} {root} is a file, not a folder; point it at the folder that holds the "
+                              f"datasets (mnist/, cifar-10/, ...)", params=("data_dir",))
+        return root
     return cache_root()
 
 
@@ -218,6 +221,10 @@ def require(s: DatasetSpec, data_dir=None, download: bool = False) -> dict[str, 
         fetch(s, data_dir, missing)
         return require(s, data_dir, download=False)
     if missing:
+        for d in candidate_dirs(s, data_dir):
+            if d.exists() and not d.is_dir():
+                raise CnnlabError(f"{d} is a file, but {s.name}'s files belong in a folder of that name; move the "
+                                  f"file away and run `cnnlab data prepare {s.name}` (or copy the files there)")
         where = " or ".join(str(d) for d in candidate_dirs(s, data_dir))
         names = ", ".join(f.name for f in missing)
         if not s.archive and not missing[0].urls:  # a local copy with no official download

@@ -8,9 +8,7 @@ the one place that tells them apart."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -46,10 +44,13 @@ class DataView:
         return int(self.augment.get("pad_to", 0) or 0)
 
     def with_data(self, data: str | None) -> DataView:
-        """The same preparation for other images (``data`` None: these)."""
+        """The same preparation for other images (``data`` None: these). An image folder takes no
+        ``train_limit`` (a subset of the run's in-memory training images)."""
         from dataclasses import replace
 
-        return self if not data or data == self.data else replace(self, data=data)
+        if not data or data == self.data:
+            return self
+        return replace(self, data=data, train_limit=None if data.startswith("folder:") else self.train_limit)
 
     def stats(self) -> tuple[tuple, tuple]:
         """The per-channel mean and std the images are normalised with."""
@@ -105,13 +106,17 @@ def _memory(view: DataView, split: str, data_dir):
 
 def open_data(view: DataView, split: str, *, train: bool = False, batch_size: int = 256, data_dir=None,
               rank: int = 0, world: int = 1, device="cpu", channels_last: bool = False, crops10: bool = False,
-              explicit_val_split: bool = False, workers: int | None = None) -> OpenedData:
+              explicit_val_split: bool = False, workers: int | None = None,
+              skip_bad_images: bool | None = None) -> OpenedData:
     """``split`` of the images ``view`` names: "train" (the training images, less a held-out fraction),
     "val" (that fraction) or "test" (an image folder: its val/ or test/ folder, or the held-out fraction).
     ``train`` serves them for training: shuffled, augmented, the last incomplete batch dropped. With ``world``
     > 1, ``batch_size`` is the global batch and this rank gets its share. ``crops10``: image folders keep the
     whole resized square so ten crops can be cut from it. ``explicit_val_split``: the hold-out was asked for
-    by the user (refused for a folder that is split already) rather than by a recipe (ignored there)."""
+    by the user (refused for a folder that is split already) rather than by a recipe (ignored there).
+    ``skip_bad_images``: an image folder's files that cannot be read are left out (and counted in a note)
+    rather than stopping the pass with a sentence naming the first (which offers `skip_bad_images` when it is
+    False; None: the caller has no such option)."""
     if split not in SPLITS:
         raise CnnlabError(f"`split` must be one of {', '.join(SPLITS)}, got {split!r}", params=("split",))
     if view.is_folder:
@@ -128,7 +133,8 @@ def open_data(view: DataView, split: str, *, train: bool = False, batch_size: in
             view.folder, view.size, view.val_split or None, view.seed, view.channels, crops10=crops10,
             explicit=explicit_val_split, augment_train=train)
         ds, name = (train_ds, "train") if split == "train" else (eval_ds, eval_name)
-        loader = folder_loader(ds, batch_size, train, view.seed, workers, rank=rank, world=world)
+        loader = folder_loader(ds, batch_size, train, view.seed, workers, rank=rank, world=world,
+                               skip_bad_images=skip_bad_images)
         return OpenedData(loader, ds, list(classes), view.channels, name, view)
     from cnnlab.data.memory import Augment, MemoryLoader
 
@@ -141,22 +147,12 @@ def open_data(view: DataView, split: str, *, train: bool = False, batch_size: in
 def load_image(path, view: DataView) -> torch.Tensor:
     """An image file as a network of ``view`` sees it: 1 x C x H x W, preprocessed as its evaluation images are
     (resized to the dataset's size and padded, or the image-folder protocol's resize and centre crop)."""
-    from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2 import functional as TF
 
+    from cnnlab.data.images import read_image
     from cnnlab.data.memory import pad_to, preprocess
 
-    if not Path(path).is_file():
-        raise CnnlabError(f"image {path} does not exist")
-    try:
-        img = decode_image(str(path), mode=ImageReadMode.GRAY if view.channels == 1 else ImageReadMode.RGB)
-    except Exception as e:  # noqa: BLE001 - any decoder failure means the file is not a readable image
-        text = str(e)
-        if "Unsupported image file" in text:
-            why = "it is none of JPEG, PNG, WebP or GIF"
-        else:  # keep the decoder's own words, without its C++ source location
-            why = re.sub(r"^.*?\.cpp:\d+,\s*", "", text.splitlines()[0] if text else "unreadable")[:200]
-        raise CnnlabError(f"{path} is not an image torchvision can read: {why}") from None
+    img = TF.pil_to_tensor(read_image(path, "L" if view.channels == 1 else "RGB"))
     if view.is_folder:
         from cnnlab.data.folder import transforms
 

@@ -22,6 +22,9 @@ def load_mnist(split: str, data_dir: str | Path | None = None) -> tuple[np.ndarr
     if split not in FILES:
         raise CnnlabError(f"split must be 'train' or 'test', not {split!r}")
     folder = Path(data_dir) if data_dir is not None else EMBEDDED / "mnist"
+    if folder.exists() and not folder.is_dir():
+        raise CnnlabError(f"`data_dir` {folder} is a file, not a folder; point it at a folder with the four "
+                          "official MNIST .gz files", params=("data_dir",))
     paths = [folder / name for name in FILES[split]]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:

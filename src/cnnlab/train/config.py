@@ -39,6 +39,7 @@ class TrainConfig:
     train_limit: int | None = None  # train on a class-balanced random subset of this many images
     sync_bn: bool = False  # data parallel: BatchNorm statistics over the global batch (GPUs only)
     overwrite: bool = False  # a new run may replace the run that ``out`` holds
+    skip_bad_images: bool = False  # image folders: leave out (and count) the files that cannot be read
 
 
 @dataclass
@@ -53,7 +54,7 @@ class RunResult:
 
 # What a resumed run may change: where and how verbosely it goes on, and for how long. Every other setting is
 # the run's own; asking for another value is refused, never ignored.
-RESUME_MAY_CHANGE = ("resume", "epochs", "device", "out", "quiet", "data_dir", "overwrite")
+RESUME_MAY_CHANGE = ("resume", "epochs", "device", "out", "quiet", "data_dir", "overwrite", "skip_bad_images")
 
 
 def _default(f) -> object:

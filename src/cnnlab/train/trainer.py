@@ -321,7 +321,8 @@ def _open_data(view: DataView, batch_size: int, cfg: TrainConfig, platform: Plat
         -> tuple[OpenedData, OpenedData]:
     """The training and evaluation data (this rank's share); refused when no full batch can be made."""
     common = dict(data_dir=cfg.data_dir, rank=dist.rank, world=dist.world, device=platform.device,
-                  channels_last=platform.channels_last, explicit_val_split=cfg.val_split is not None)
+                  channels_last=platform.channels_last, explicit_val_split=cfg.val_split is not None,
+                  skip_bad_images=cfg.skip_bad_images)
     train_data = open_data(view, "train", train=True, batch_size=batch_size, **common)
     eval_split = "val" if view.val_split else "test"
     eval_data = open_data(view, eval_split, batch_size=batch_size if view.is_folder else max(256, batch_size),
