@@ -26,14 +26,19 @@ class _Parser(argparse.ArgumentParser):
         raise CnnlabError(f"{message} (see `{self.prog} --help`)")
 
 
+def _shown(text: str) -> str:
+    """A value as a message quotes it: at most 40 characters."""
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
 def _int_at_least(minimum: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is not a whole number") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} must be {minimum} or more")
+            raise argparse.ArgumentTypeError(f"{_shown(text)} must be {minimum} or more")
         return value
     return parse
 
@@ -45,9 +50,9 @@ def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{_shown(text)} must be a positive finite number")
     return value
 
 

@@ -1,0 +1,106 @@
+"""Issue 15: what a user types never hangs, runs out of memory or ends in a traceback. Each size or count an
+arithmetic command would materialise is bounded (one sentence with the limit), and every option of every model
+is checked for its range before anything is built."""
+
+import time
+
+import pytest
+
+from cnnlab.cli import main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _imported():
+    """The libraries' first import (seconds on a slow machine) is not a command's time."""
+    import cnnlab.analysis.summary  # noqa: F401
+    import cnnlab.models  # noqa: F401
+    import cnnlab.scratch.explain  # noqa: F401
+
+
+def run(capsys, *argv):
+    start = time.perf_counter()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err, time.perf_counter() - start
+
+
+def one_sentence(err: str) -> bool:
+    return len(err.splitlines()) == 1 and err.startswith("cnnlab: error: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,words", [
+    # a billion layers used to be materialised (a hang, then out of memory)
+    (["calc", "rf", "conv3*1000000000"], "at most 10,000"),
+    (["calc", "rf", "conv3s2*1000"], "grows past"),  # 2^1000-pixel jumps: unprintable numbers
+    (["calc", "rf", "conv" + "9" * 30], "30 digits"),
+    (["calc", "rf", "conv" + "9" * 5000], "5000 digits"),  # int() refuses over 4300 digits: was a traceback
+    (["calc", "conv", "--input", "5x5x3", "--filters", "2", "--kernel", "3", "--stride", "9" * 25], "more than"),
+    (["calc", "conv", "--input", "5x5x" + "9" * 30, "--filters", "2", "--kernel", "3"], "digits"),
+    (["calc", "pool", "--input", "5x5", "--kernel", "3", "--pad", "1", "--stride", "10000000000"], "more than"),
+    (["explain", "conv", "--pad", "1000"], "more than the 1,000,000"),  # 90 s before
+    (["explain", "conv", "--stride", "1", "--pad", str(10**30)], "more than the 1,000,000"),
+    (["explain", "backprop", "--pad", "100000"], "more than the 1,000,000"),
+    (["explain", "params", "--channels", "9" * 3000], "between 1 and 1,000,000"),  # unprintable squares
+    (["summary", "lenet5", "--input", "1x" + "9" * 30 + "x32"], "larger than the summary takes"),
+    (["summary", "lenet5", "--num-classes", "1000000000"], "at most 100,000"),  # 672 GB allocated
+])
+def test_huge_sizes_are_refused_at_once(capsys, argv, words):
+    code, out, err, seconds = run(capsys, *argv)
+    assert code == 2 and out == "" and one_sentence(err) and words in err, err
+    assert seconds < 1.5, argv
+
+
+def test_large_but_cheap_arithmetic_is_still_answered_at_once(capsys):
+    # a huge stride or kernel is only arithmetic: the suggestions for a misfit are solved, not searched
+    code, out, err, seconds = run(capsys, "calc", "conv", "--input", "999999999x999999999x3", "--filters", "3",
+                                  "--kernel", "1000000000", "--stride", "999999999", "--pad", "999999999")
+    assert code == 0 and "would fit" in out and seconds < 1
+    code, out, err, seconds = run(capsys, "calc", "rf", "conv3*10000", "--input", "224")
+    assert code == 0 and out.count("\n") > 10_000 and seconds < 2
+
+
+def test_explain_reads_only_the_header_of_a_huge_npy(capsys, tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "big.npy", np.zeros((1000, 1000)))
+    code, out, err, _ = run(capsys, "explain", "pool", "--input", str(tmp_path / "big.npy"))
+    assert code == 2 and one_sentence(err) and "1,000,000 numbers" in err
+
+
+@pytest.mark.parametrize("model,option,words", [
+    ("fractalnet20", "column=100", "column must be a column of the 3"),  # a traceback before
+    ("fractalnet20", "column=-4", "column must be"),
+    ("fractalnet20", "widths=(64, 0, 128)", "widths must be"),
+    ("fractalnet20", "widths=(100000,)", "widths must be"),
+    ("fractalnet20", "dropout=(0.1, 0.2)", "one rate per block"),
+    ("fractalnet20", "local_drop_prob=1.5", "[0, 1)"),
+    ("fractalnet20", "global_ratio=-0.1", "[0, 1]"),
+    ("alexnet", "dropout=1.0", "[0, 1)"),
+    ("alexnet", "dropout=-1", "[0, 1)"),
+    ("alexnet", "dropout=nan", "not a float"),
+    ("alexnet_paper", "towers=1.0", "not a int"),
+    ("densenet40", "drop_rate=2", "[0, 1)"),
+    ("resnet20", "drop_path_rate=1", "[0, 1)"),
+    ("wrn16_4", "dropout=(0.1,)", "not a float"),
+    ("inception_resnet_v2", "blocks=(1000, 1, 1)", "from 1 to 100"),
+    ("inception_resnet_v2", "blocks=7", "not a tuple"),
+])
+def test_model_options_out_of_range_are_one_sentence(capsys, model, option, words):
+    code, out, err, _ = run(capsys, "summary", model, "--model-option", option)
+    assert code == 2 and one_sentence(err) and words in err, err
+
+
+def test_python_callers_get_the_same_checks():
+    from cnnlab import CnnlabError
+    from cnnlab.models import create_model
+
+    for options in ({"dropout": 1.0}, {"dropout": "x"}, {"dropout": None}, {"towers": 1.0}):
+        with pytest.raises(CnnlabError, match="model_options"):
+            create_model("alexnet_paper", **options)
+
+
+def test_fractalnet_takes_one_dropout_rate_for_every_block():
+    from cnnlab.models import create_model
+
+    net = create_model("fractalnet20", dropout=0.1)
+    assert [b.columns[0][0][1].p for b in net.blocks] == [0.1] * 5
