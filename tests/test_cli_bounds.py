@@ -104,3 +104,41 @@ def test_fractalnet_takes_one_dropout_rate_for_every_block():
 
     net = create_model("fractalnet20", dropout=0.1)
     assert [b.columns[0][0][1].p for b in net.blocks] == [0.1] * 5
+
+
+# --- arguments of train, transfer and scratch-train: refused before anything starts ---------------------------
+
+@pytest.mark.parametrize("argv,words", [
+    (["train", "lenet5", "--seed", str(2**64)], "--seed must be a whole number from 0 to 2^63 - 1"),
+    (["train", "lenet5", "--seed", "-1"], "--seed must be"),
+    (["scratch-train", "--seed", "-1"], "--seed must be"),  # NumPy's generator: a traceback before
+    (["train", "lenet5", "--sync-bn"], "--sync-bn applies to a data-parallel run only: add --nproc"),
+    (["train", "lenet5", "--max-restarts", "3"], "--max-restarts applies to a data-parallel run only"),
+    # checked by the launcher, before torchrun starts (the workers found it under a traceback before)
+    (["train", "lenet5", "--nproc", "2", "--batch-size", "3", "--out", "OUT"], "split evenly over 2 processes"),
+])
+def test_train_arguments_are_refused_before_training(capsys, tmp_path, argv, words):
+    argv = [str(tmp_path / "run") if a == "OUT" else a for a in argv]
+    code, out, err, _ = run(capsys, *argv)
+    assert code == 2 and one_sentence(err) and words in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unfreeze_is_bounded_by_the_blocks_of_the_backbone():
+    from cnnlab import CnnlabError
+    from cnnlab.models import create_model
+    from cnnlab.transfer import freeze_backbone, heads
+    from cnnlab.transfer.prepare import prepare
+
+    m = create_model("lenet5_modern")
+    with pytest.raises(CnnlabError, match=r"unfreeze 1000 is more than the \d+ blocks of this backbone"):
+        freeze_backbone(m, heads(m, "lenet5_modern"), 1000)
+    with pytest.raises(CnnlabError, match="feature extraction"):  # ignored silently before
+        prepare(m, "lenet5_modern", {}, "x.pt", "finetune", 0.1, unfreeze=2, load=False)
+
+
+def test_scratch_train_stops_when_the_loss_diverges(capsys):
+    # it printed "loss nan" for every epoch and exited 0
+    code, out, err, _ = run(capsys, "scratch-train", "--train-images", "500", "--test-images", "100", "--epochs",
+                            "2", "--lr", "1000")
+    assert code == 2 and one_sentence(err) and "the loss became nan at epoch 1" in err and "Lower --lr" in err

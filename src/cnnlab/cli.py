@@ -270,10 +270,16 @@ def train_command(sub) -> None:
 
 def _train(args) -> str:
     # --nproc and --max-restarts are the command line's own: they start the run, they are not its settings
+    from cnnlab.train import distributed
+
+    if not args.nproc and not distributed.launched_by_torchrun():
+        for name, given in (("max_restarts", args.max_restarts), ("sync_bn", args.sync_bn)):
+            if given:
+                raise CnnlabError(f"`{name}` applies to a data-parallel run only: add `nproc` N, or leave it out",
+                                  params=(name, "nproc"))
     cfg = _train_config(args, args.model, resume=args.resume, sync_bn=args.sync_bn)
     if not args.nproc:
         return _run(cfg)
-    from cnnlab.train import distributed
 
     distributed.check_launch(args.nproc, cfg)
     code = distributed.launch(args.nproc, _strip(args.argv, ("--nproc", "--max-restarts")), args.max_restarts)

@@ -38,6 +38,14 @@ class TrainConfig:
     train_limit: int | None = None  # train on a class-balanced random subset of this many images
     sync_bn: bool = False  # data parallel: BatchNorm statistics over the global batch (GPUs only)
 
+    def __post_init__(self):
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise CnnlabError(f"`seed` must be a whole number from 0 to 2^63 - 1 ({MAX_SEED}), got {self.seed!r}",
+                              params=("seed",))
+
+
+MAX_SEED = 2**63 - 1  # torch's generators take 64 bits; NumPy's no negative seeds
+
 
 @dataclass
 class RunResult:

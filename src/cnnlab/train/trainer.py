@@ -307,9 +307,7 @@ def _recipe(cfg: TrainConfig, world: int) -> Recipe:
             raise CnnlabError(f"`{what}` must be 1 or more, got {v}", params=(what,))
     if not recipe.lr > 0:
         raise CnnlabError(f"`lr` must be positive, got {recipe.lr}", params=("lr",))
-    if recipe.batch_size % world:
-        raise CnnlabError(f"`batch_size` {recipe.batch_size} is the global batch and must split evenly over {world} "
-                          f"processes; pick a multiple of {world}", params=("batch_size",))
+    distributed.check_global_batch(recipe.batch_size, world)
     return recipe
 
 
