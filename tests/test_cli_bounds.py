@@ -142,3 +142,50 @@ def test_scratch_train_stops_when_the_loss_diverges(capsys):
     code, out, err, _ = run(capsys, "scratch-train", "--train-images", "500", "--test-images", "100", "--epochs",
                             "2", "--lr", "1000")
     assert code == 2 and one_sentence(err) and "the loss became nan at epoch 1" in err and "Lower --lr" in err
+
+
+# --- messages that say what is wrong ---------------------------------------------------------------------------
+
+FORMAT_1_RUN = __import__("pathlib").Path(__file__).parent / "fixtures" / "run-format-1"
+
+
+def test_an_output_file_that_is_a_folder_is_named(capsys, tmp_path):
+    # the message named the atomic write's temporary file (.out.png.5_cgnbuc.tmp) before
+    (tmp_path / "out.png").mkdir()
+    code, out, err, _ = run(capsys, "visualize", "filters", "lenet5", "--out", str(tmp_path / "out.png"))
+    assert code == 2 and one_sentence(err) and f"{tmp_path / 'out.png'} is a folder" in err and ".tmp" not in err
+
+
+def test_a_run_folder_named_like_a_model_wins_and_says_so(capsys, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(FORMAT_1_RUN, tmp_path / "lenet5")
+    monkeypatch.chdir(tmp_path)
+    code, out, err, _ = run(capsys, "visualize", "filters", "lenet5", "--out", "f.png")
+    assert code == 0 and err.startswith("cnnlab: note: lenet5 is both a model name and a path here; opening the path")
+    assert len(err.splitlines()) == 1
+
+
+def _digit(path):
+    from torchvision.io import write_png
+
+    from cnnlab.data import load
+
+    write_png(load("mnist", "test").images[0], str(path))
+    return path
+
+
+def test_predict_with_non_finite_weights_is_one_sentence(capsys, tmp_path):
+    import shutil
+
+    import torch
+
+    shutil.copytree(FORMAT_1_RUN, tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    for t in ckpt["model"].values():
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+    torch.save(ckpt, tmp_path / "run" / "last.pt")
+    # it printed "nan%" beside five classes before
+    code, out, err, _ = run(capsys, "predict", str(tmp_path / "run"), str(_digit(tmp_path / "digit.png")))
+    assert code == 2 and out == "" and one_sentence(err) and "weights are not finite; use best.pt" in err

@@ -632,6 +632,9 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def _os_error(e: OSError) -> str:
+    if isinstance(e, IsADirectoryError):  # an atomic write's os.replace(temporary, path): path is filename2
+        path = e.filename2 or e.filename
+        return f"{path} is a folder, but a file is written there; give the path of a file (a new name, or one inside it)"
     if isinstance(e, FileExistsError) and e.filename:
         return f"{e.filename} is a file, but a folder is needed there; choose another path"
     if isinstance(e, NotADirectoryError) and e.filename:
