@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -597,10 +598,43 @@ def _show_note(message, category, filename, lineno, file=None, line=None):
         (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it stops as after Ctrl-C (a training run between two
+    writes, its checkpoints whole); the exit code is then 128 + 15 = 143, as the shell reports a SIGTERM."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_note
-        return _main(argv)
+    import signal
+
+    for name in ("stdout", "stderr"):  # started with the stream closed (`cnnlab models >&-`): Python gives None
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (a caller's thread): it keeps its own handling
+        previous = None
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_note
+            return _main(argv)
+    except KeyboardInterrupt as e:  # between two statements of _main, or while printing
+        return _interrupted(e)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    terminated = isinstance(e, Terminated)
+    try:
+        print(f"cnnlab: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    return 143 if terminated else 130
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -620,14 +654,17 @@ def _main(argv: list[str] | None = None) -> int:
             return 0
         print(f"cnnlab: error: {_os_error(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cnnlab: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
     try:
         sys.stdout.write(out)
         sys.stdout.flush()
     except BrokenPipeError:  # `cnnlab summary vgg16 | head`
         sys.stderr.close()
+    except (OSError, ValueError) as e:  # a full disk, a closed stream
+        print(f"cnnlab: error: the output could not be written ({getattr(e, 'strerror', None) or e})",
+              file=sys.stderr)
+        return 2
     return 0
 
 
