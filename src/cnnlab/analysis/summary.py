@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -450,7 +451,7 @@ MAX_INPUT = (10_000, 1_000_000)
 def parse_input_size(text: str) -> tuple[int, ...]:
     """'3x224x224' -> (3, 224, 224)."""
     parts = text.lower().replace("×", "x").split("x")
-    if len(text) > 60 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
+    if len(text) > 60 or not all(re.fullmatch(r"[+-]?[0-9]+", p.strip()) for p in parts):
         raise CnnlabError(f"input size {text[:60]!r} is not of the form CxHxW, e.g. 3x224x224")
     dims = tuple(int(p) for p in parts)
     if len(dims) != 3:
