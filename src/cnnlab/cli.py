@@ -52,8 +52,10 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{_shown(text)} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{_shown(text)} must be a positive finite number")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} must be positive")
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{_shown(text)} must be a finite number")
     return value
 
 
@@ -671,7 +673,7 @@ def _main(argv: list[str] | None = None) -> int:
 def _os_error(e: OSError) -> str:
     if isinstance(e, IsADirectoryError):  # an atomic write's os.replace(temporary, path): path is filename2
         path = e.filename2 or e.filename
-        return f"{path} is a folder, but a file is written there; give the path of a file (a new name, or one inside it)"
+        return f"{path} is a folder, but a file is written there; give the path of a file (a new name, or one in it)"
     if isinstance(e, FileExistsError) and e.filename:
         return f"{e.filename} is a file, but a folder is needed there; choose another path"
     if isinstance(e, NotADirectoryError) and e.filename:
