@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import warnings
 
@@ -27,14 +28,19 @@ class _Parser(argparse.ArgumentParser):
         raise CnnlabError(f"{message} (see `{self.prog} --help`)")
 
 
+def _shown(text: str) -> str:
+    """A value as a message quotes it: at most 40 characters."""
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
 def _int_at_least(minimum: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is not a whole number") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} must be {minimum} or more")
+            raise argparse.ArgumentTypeError(f"{_shown(text)} must be {minimum} or more")
         return value
     return parse
 
@@ -46,9 +52,11 @@ def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a number") from None
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        raise argparse.ArgumentTypeError(f"{_shown(text)} must be positive")
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{_shown(text)} must be a finite number")
     return value
 
 
@@ -271,10 +279,16 @@ def train_command(sub) -> None:
 
 def _train(args) -> str:
     # --nproc and --max-restarts are the command line's own: they start the run, they are not its settings
+    from cnnlab.train import distributed
+
+    if not args.nproc and not distributed.launched_by_torchrun():
+        for name, given in (("max_restarts", args.max_restarts), ("sync_bn", args.sync_bn)):
+            if given:
+                raise CnnlabError(f"`{name}` applies to a data-parallel run only: add `nproc` N, or leave it out",
+                                  params=(name, "nproc"))
     cfg = _train_config(args, args.model, resume=args.resume, sync_bn=args.sync_bn)
     if not args.nproc:
         return _run(cfg)
-    from cnnlab.train import distributed
 
     distributed.check_launch(args.nproc, cfg)
     code = distributed.launch(args.nproc, _strip(args.argv, ("--nproc", "--max-restarts")), args.max_restarts)
@@ -599,10 +613,43 @@ def _show_note(message, category, filename, lineno, file=None, line=None):
         (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it stops as after Ctrl-C (a training run between two
+    writes, its checkpoints whole); the exit code is then 128 + 15 = 143, as the shell reports a SIGTERM."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_note
-        return _main(argv)
+    import signal
+
+    for name in ("stdout", "stderr"):  # started with the stream closed (`cnnlab models >&-`): Python gives None
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (a caller's thread): it keeps its own handling
+        previous = None
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_note
+            return _main(argv)
+    except KeyboardInterrupt as e:  # between two statements of _main, or while printing
+        return _interrupted(e)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    terminated = isinstance(e, Terminated)
+    try:
+        print(f"cnnlab: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    return 143 if terminated else 130
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -622,14 +669,17 @@ def _main(argv: list[str] | None = None) -> int:
             return 0
         print(f"cnnlab: error: {_os_error(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cnnlab: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
     try:
         sys.stdout.write(out)
         sys.stdout.flush()
     except BrokenPipeError:  # `cnnlab summary vgg16 | head`
         sys.stderr.close()
+    except (OSError, ValueError) as e:  # a full disk, a closed stream
+        print(f"cnnlab: error: the output could not be written ({getattr(e, 'strerror', None) or e})",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -638,6 +688,9 @@ def _os_error(e: OSError) -> str:
         where = f" writing {e.filename}" if e.filename else ""
         return (f"disk full{where}: free some space and run again (files written before are intact, and a run "
                 f"resumes from its last checkpoint)")
+    if isinstance(e, IsADirectoryError):  # an atomic write's os.replace(temporary, path): path is filename2
+        path = e.filename2 or e.filename
+        return f"{path} is a folder, but a file is written there; give the path of a file (a new name, or one in it)"
     if isinstance(e, FileExistsError) and e.filename:
         return f"{e.filename} is a file, but a folder is needed there; choose another path"
     if isinstance(e, NotADirectoryError) and e.filename:

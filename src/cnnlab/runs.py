@@ -18,11 +18,12 @@ opening one never runs code from it. Those written before :class:`RunInfo` exist
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from cnnlab.data.view import DataView
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, CnnlabNote
 from cnnlab.fileio import atomic_save, load_torch
 
 FORMAT = "cnnlab-checkpoint-2"
@@ -181,6 +182,9 @@ def open_model(source: str) -> Run:
 
     from cnnlab.models.registry import list_models
 
+    if source in list_models() and Path(source).expanduser().exists():  # both: the path wins, and says so
+        warnings.warn(CnnlabNote(f"{source} is both a model name and a path here; opening the path ./{source} (for "
+                                 f"the untrained model, run from another folder)"))
     if not Path(source).expanduser().exists() and source in list_models():
         info = RunInfo.untrained_model(source)
         with torch.random.fork_rng():

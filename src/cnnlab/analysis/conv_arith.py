@@ -20,20 +20,49 @@ from fractions import Fraction
 from cnnlab.analysis.receptive_field import RF, _num, stack_rf
 from cnnlab.errors import CnnlabError
 
+# Every size and count a user gives is at most this (no image, layer or network comes near it), so that the
+# arithmetic stays instant and its numbers printable; and a stack for `calc rf` has at most MAX_LAYERS layers
+# (ResNet-1202, the deepest classic network, has 1202), one row each.
+MAX_SIZE = 10**9
+MAX_LAYERS = 10_000
+# A receptive field or jump past this many pixels (10^18) describes no image; the stack is refused there.
+MAX_FIELD = 10**18
+
+
+def _at_most(what: str, value: int, limit: int = MAX_SIZE) -> None:
+    if value > limit:
+        raise CnnlabError(f"{what} is {value:,}, more than this calculator takes ({limit:,}); no real layer comes "
+                          f"near it, so give a smaller number")
+
+
+def _whole(text: str, what: str) -> int:
+    """A decimal whole number of at most 19 digits (int() would take 4,300 and a long time to multiply)."""
+    text = text.strip()
+    if not text.isascii() or not re.fullmatch(r"[+-]?\d+", text):
+        raise ValueError(text)
+    if len(text.lstrip("+-0")) > 19:
+        raise CnnlabError(f"{what} has {len(text.lstrip('+-0'))} digits; this calculator takes sizes up to "
+                          f"{MAX_SIZE:,}")
+    return int(text)
+
 
 def parse_hwc(text: str) -> tuple[int, int, int]:
     """'227x227x3' -> (227, 227, 3); 'HxW' means one channel."""
     parts = text.lower().replace("×", "x").split("x")
     try:
-        dims = [int(p) for p in parts]
+        dims = [_whole(p, "input size") for p in parts]
+    except CnnlabError:
+        raise
     except ValueError:
-        raise CnnlabError(f"input {text!r} is not of the form HxWxC, e.g. 227x227x3") from None
+        raise CnnlabError(f"input {text[:60]!r} is not of the form HxWxC, e.g. 227x227x3") from None
     if len(dims) == 2:
         dims.append(1)
     if len(dims) != 3:
         raise CnnlabError(f"input {text!r} needs height x width x channels, e.g. 227x227x3")
     if min(dims) < 1:
         raise CnnlabError(f"input {text!r} has a size below 1; height, width and channels must be positive")
+    for name, d in zip(("height", "width", "channels"), dims):
+        _at_most(f"the input's {name}", d)
     return dims[0], dims[1], dims[2]
 
 
@@ -41,6 +70,33 @@ def _positive(what: str, value: int, minimum: int = 1) -> None:
     if value < minimum:
         word = "positive" if minimum == 1 else f"at least {minimum}"
         raise CnnlabError(f"{what} must be {word}, got {value}")
+    _at_most(what, value)
+
+
+def _fitting_pads(size: int, k: int, stride: int, limit: int = 3) -> list[int]:
+    """The smallest paddings p < k with size + 2p - k >= 0 and divisible by the stride: 2p = k - size (mod
+    stride), solved directly (the stride and k may be large)."""
+    g = math.gcd(2, stride)
+    r = (k - size) % stride
+    if r % g:
+        return []
+    period = stride // g
+    p0 = (r // g) * pow(2 // g, -1, period) % period if period > 1 else 0
+    lowest = max(0, -(-(k - size) // 2))
+    first = p0 + max(0, -(-(lowest - p0) // period)) * period
+    return [p for p in range(first, first + limit * period, period) if p < k]
+
+
+def _fitting_strides(span: int, k: int, stride: int, limit: int = 3) -> list[int]:
+    """The largest strides s <= k (other than ``stride``) that divide ``span``: divisors, by trial up to its
+    square root."""
+    if span == 0:
+        return [s for s in range(max(1, k - limit), k + 1) if s != stride][-limit:]
+    divisors = set()
+    for d in range(1, math.isqrt(span) + 1):
+        if span % d == 0:
+            divisors.update((d, span // d))
+    return sorted(s for s in divisors if s <= k and s != stride)[-limit:]
 
 
 @dataclass
@@ -100,6 +156,8 @@ def output_axis(name: str, size: int, kernel: int, stride: int, pad: int, dilati
     _positive("dilation", dilation)
     if pad < 0:
         raise CnnlabError(f"padding must be 0 or more, got {pad}")
+    _at_most("padding", pad)
+    _at_most(f"the input's {name}", size)
     k = dilation * (kernel - 1) + 1
     span = size + 2 * pad - k
     if span < 0:
@@ -112,8 +170,8 @@ def output_axis(name: str, size: int, kernel: int, stride: int, pad: int, dilati
         out -= 1
     axis = Axis(name, size, k, stride, pad, exact, out, ceil_mode)
     if not axis.fits:
-        axis.fits_pad = [p for p in range(0, k) if (size + 2 * p - k) >= 0 and (size + 2 * p - k) % stride == 0][:3]
-        axis.fits_stride = [s for s in range(1, k + 1) if span % s == 0 and s != stride][-3:]
+        axis.fits_pad = _fitting_pads(size, k, stride)
+        axis.fits_stride = _fitting_strides(span, k, stride)
     return axis
 
 
@@ -237,7 +295,7 @@ def pool(input_hwc: tuple[int, int, int] | str, kernel: int, stride: int | None 
 
 # -- receptive field of a stack ------------------------------------------------------------------------
 
-_LAYER = re.compile(r"^(conv|pool)(\d+)(?:s(\d+))?(?:p(\d+))?(?:d(\d+))?(?:\*(\d+))?$")
+_LAYER = re.compile(r"^(conv|pool)([0-9]+)(?:s([0-9]+))?(?:p([0-9]+))?(?:d([0-9]+))?(?:\*([0-9]+))?$")
 
 
 def parse_layers(specs: list[str]) -> list[tuple[str, int, int, int, int]]:
@@ -248,15 +306,20 @@ def parse_layers(specs: list[str]) -> list[tuple[str, int, int, int, int]]:
             m = _LAYER.match(spec.lower())
             if not m:
                 raise CnnlabError(
-                    f"layer {spec!r} is not understood; write conv or pool, the kernel size, then optional "
+                    f"layer {spec[:40]!r} is not understood; write conv or pool, the kernel size, then optional "
                     f"s<stride> p<pad> d<dilation> *<repeat>, e.g. conv3 conv7s2p3 pool2s2 conv3*3")
-            kind, k = m.group(1), int(m.group(2))
-            s = int(m.group(3)) if m.group(3) else (k if kind == "pool" else 1)
-            p = int(m.group(4) or 0)
-            d = int(m.group(5) or 1)
-            n = int(m.group(6) or 1)
+            spec = spec[:40] + ("..." if len(spec) > 40 else "")
+            kind, k = m.group(1), _whole(m.group(2), f"the kernel size in {spec!r}")
+            s = _whole(m.group(3), f"the stride in {spec!r}") if m.group(3) else (k if kind == "pool" else 1)
+            p = _whole(m.group(4) or "0", f"the padding in {spec!r}")
+            d = _whole(m.group(5) or "1", f"the dilation in {spec!r}")
+            n = _whole(m.group(6) or "1", f"the repeat count in {spec!r}")
             for what, v in (("kernel size", k), ("stride", s), ("dilation", d), ("repeat count", n)):
                 _positive(f"{what} in {spec!r}", v)
+            _at_most(f"the padding in {spec!r}", p)
+            if len(layers) + n > MAX_LAYERS:
+                raise CnnlabError(f"the stack has {len(layers) + n:,} layers with {spec!r}; `calc rf` takes at most "
+                                  f"{MAX_LAYERS:,} (one row each), so use fewer or a smaller repeat count")
             layers += [(f"{kind}{k}" + (f"s{s}" if s != 1 else "") + (f"p{p}" if p else "")
                         + (f"d{d}" if d != 1 else ""), k, s, p, d)] * n
     if not layers:
@@ -315,7 +378,11 @@ class RFReport:
 
 def receptive_field(specs: list[str] | str, input_size: int | None = None) -> RFReport:
     layers = parse_layers([specs] if isinstance(specs, str) else specs)
-    fields = stack_rf([(k, s, p, d) for _, k, s, p, d in layers])
     if input_size is not None:
         _positive("input size", input_size)
+    fields = stack_rf([(k, s, p, d) for _, k, s, p, d in layers], limit=MAX_FIELD)
+    if len(fields) <= len(layers):
+        name = layers[len(fields) - 1][0]
+        raise CnnlabError(f"the receptive field grows past {MAX_FIELD:.0e} pixels at layer {len(fields)} ({name}); "
+                          f"no image is that large, so use fewer layers or smaller strides")
     return RFReport(layers, fields, input_size)

@@ -206,7 +206,13 @@ def predict(checkpoint: str, images: list[str], k: int = 5) -> list[tuple[str, l
     for path in images:
         x = load_image(path, run.info.view)
         with torch.no_grad():
-            p = F.softmax(run.model(x).float(), 1)[0]
+            logits = run.model(x).float()
+        if not torch.isfinite(logits).all():
+            weights = all(torch.isfinite(t).all() for t in run.model.state_dict().values() if t.is_floating_point())
+            raise CnnlabError(f"{checkpoint} gives outputs that are not finite (NaN or infinite) for {path}: "
+                              + ("its outputs overflow; check the image and the run's input size" if weights else
+                                 "the checkpoint's weights are not finite; use best.pt or an earlier checkpoint"))
+        p = F.softmax(logits, 1)[0]
         top = p.topk(min(k, p.numel()))
         out.append((str(path), [(run.info.classes[i], float(v)) for v, i in zip(top.values, top.indices)]))
     return out

@@ -121,10 +121,14 @@ class RF:
         return f"{sz}, jump {self.jump_text}, start {self.start_text}"
 
 
-def stack_rf(layers: Sequence[tuple[int, int, int, int]]) -> list[RF]:
+def stack_rf(layers: Sequence[tuple[int, int, int, int]], limit: int | None = None) -> list[RF]:
     """The analytic recurrence over a sequential stack of (kernel, stride, padding, dilation) layers,
-    one axis; returns the field after each layer (the input's first)."""
+    one axis; returns the field after each layer (the input's first). With ``limit``, it stops after the first
+    layer whose field, jump or start passes ``limit`` pixels (the list is then shorter than the stack + 1)."""
     out = [RF.input(1)]
     for k, s, p, d in layers:
         out.append(out[-1].layer((k,), (s,), (p,), (d,)))
+        if limit is not None and max(out[-1].size[0], out[-1].jump[0], abs(out[-1].start[0])) > limit:
+            out.pop()
+            break
     return out

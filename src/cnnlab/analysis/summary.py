@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -442,18 +443,30 @@ def _recording(model: nn.Module):
             h.remove()
 
 
+# The largest input the summary takes: channels, and pixels per side. The model runs on the meta device (no
+# memory), but its counts must stay within 64-bit tensor sizes.
+MAX_INPUT = (10_000, 1_000_000)
+
+
 def parse_input_size(text: str) -> tuple[int, ...]:
     """'3x224x224' -> (3, 224, 224)."""
     parts = text.lower().replace("×", "x").split("x")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        raise CnnlabError(f"input size {text!r} is not of the form CxHxW, e.g. 3x224x224") from None
+    if len(text) > 60 or not all(re.fullmatch(r"[+-]?[0-9]+", p.strip()) for p in parts):
+        raise CnnlabError(f"input size {text[:60]!r} is not of the form CxHxW, e.g. 3x224x224")
+    dims = tuple(int(p) for p in parts)
     if len(dims) != 3:
         raise CnnlabError(f"input size {text!r} needs three numbers, channels x height x width (e.g. 3x224x224)")
     if min(dims) < 1:
         raise CnnlabError(f"input size {text!r} has a size below 1; every dimension must be positive")
     return dims
+
+
+def _check_input_size(input_size: tuple) -> None:
+    if len(input_size) != 3 or min(input_size) < 1:
+        raise CnnlabError(f"input size {input_size} must be three positive numbers (channels, height, width)")
+    if input_size[0] > MAX_INPUT[0] or max(input_size[1:]) > MAX_INPUT[1]:
+        raise CnnlabError(f"input size {'x'.join(map(str, input_size))} is larger than the summary takes (at most "
+                          f"{MAX_INPUT[0]:,} channels and {MAX_INPUT[1]:,} pixels a side); give a smaller one")
 
 
 def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = None, *,
@@ -463,6 +476,8 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
 
     if isinstance(input_size, str):
         input_size = parse_input_size(input_size)
+    if input_size is not None:
+        _check_input_size(tuple(input_size))
     if isinstance(model, str):
         name = model
         card = model_card(name)
@@ -479,8 +494,7 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
         input_size = tuple(input_size)
         first = next(module.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
-    if len(input_size) != 3 or min(input_size) < 1:
-        raise CnnlabError(f"input size {input_size} must be three positive numbers (channels, height, width)")
+    _check_input_size(input_size)
 
     x = torch.zeros((1, *input_size), dtype=dtype, device=device)
     was_training = module.training

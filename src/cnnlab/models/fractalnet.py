@@ -56,6 +56,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from cnnlab.errors import CnnlabError
 from cnnlab.models.registry import Paper, documented, register_model
 
 PAPER = Paper(
@@ -132,6 +133,9 @@ class FractalBlock(nn.Module):
         return state[-1]
 
 
+MAX_WIDTH = 4096  # filters per block: 4096 x 4096 x 3 x 3 is already 151M weights per convolution
+
+
 class FractalNet(nn.Module):
     """B fractal blocks, each followed by 2x2 max-pooling, then a linear classifier."""
 
@@ -139,9 +143,18 @@ class FractalNet(nn.Module):
                  in_chans: int = 3, dropout: tuple[float, ...] | None = None, drop_path: bool = True,
                  local_drop_prob: float = 0.15, global_ratio: float = 0.5, column: int | None = None):
         super().__init__()
+        widths = tuple(widths)
+        if not 1 <= len(widths) <= 10 or not all(isinstance(w, int) and 1 <= w <= MAX_WIDTH for w in widths):
+            raise CnnlabError(f"widths must be 1 to 10 block widths, each a whole number from 1 to {MAX_WIDTH}, "
+                              f"e.g. widths={WIDTHS}; got {widths!r}")
+        if isinstance(dropout, (int, float)):  # one rate for every block
+            dropout = (dropout,) * len(widths)
         dropout = tuple(dropout) if dropout is not None else (0.0,) * len(widths)
         if len(dropout) != len(widths):
-            raise ValueError(f"dropout needs one rate per block ({len(widths)}), got {dropout}")
+            raise CnnlabError(f"dropout needs one rate per block ({len(widths)}) or one for all, got {dropout}")
+        if column is not None and (not isinstance(column, int) or not -num_columns <= column < num_columns):
+            raise CnnlabError(f"column must be a column of the {num_columns} in each block: 0 to "
+                              f"{num_columns - 1}, or -1 for the deepest; got {column!r}")
         self.num_columns = num_columns
         self.drop_path, self.local_drop_prob, self.global_ratio = drop_path, local_drop_prob, global_ratio
         self.column = column

@@ -511,8 +511,9 @@ class InceptionResNetV2(nn.Module):
                  dropout: float = 0.2):
         super().__init__()
         blocks = tuple(blocks)
-        if len(blocks) != 3 or not all(isinstance(b, int) and b >= 1 for b in blocks):
-            raise CnnlabError(f"blocks must be three positive whole numbers (A, B, C), got {blocks!r}")
+        if len(blocks) != 3 or not all(isinstance(b, int) and 1 <= b <= 100 for b in blocks):
+            raise CnnlabError(f"blocks must be three whole numbers from 1 to 100 (A, B, C), e.g. blocks=(5, 10, 5); "
+                              f"got {blocks!r}")
         a, b, c_blocks = blocks
         sa, sb, sc = RESNET_SCALES
         self.stem, c = sequential(in_chans, RESNET_V2_STEM)

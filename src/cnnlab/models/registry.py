@@ -225,16 +225,63 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
     card = entry.card
     num_classes = card.num_classes if num_classes is None else num_classes
     in_chans = card.input_size[0] if in_chans is None else in_chans
-    for what, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+    # num_classes is a flag of the command line (--num-classes); in_chans is not (it comes from the data)
+    for what, value, most, says in (("num_classes", num_classes, MAX_CLASSES, 1),
+                                    ("in_chans", in_chans, MAX_IN_CHANS, 0)):
+        said = f"`{what}`" if says else what
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CnnlabError(f"{what} must be a positive whole number, got {value!r}")
+            raise CnnlabError(f"{said} must be a positive whole number, got {value!r}", params=(what,)[:says])
+        if value > most:
+            raise CnnlabError(f"{said} is {value:,}; cnnlab builds at most {most:,} (ImageNet-21k has 21,841 "
+                              f"classes, a hyperspectral image a few hundred channels)", params=(what,)[:says])
     params = inspect.signature(entry.builder).parameters
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         options = [p for p in params if p not in ("num_classes", "in_chans")]
         accepted = ", ".join(options) if options else "no other options"
         raise CnnlabError(f"model {name!r} has no option {unknown[0]!r}; it accepts: {accepted}")
+    for key, value in kwargs.items():
+        _check_option(name, key, value, params[key].default)
     return entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+# What a model may be asked to build: at most this many classes and input channels (a layer of 4096 x 100,000
+# is 1.6 GB of fp32 weights).
+MAX_CLASSES, MAX_IN_CHANS = 100_000, 10_000
+# Options that are probabilities, in every family that has them: a rate in [0, 1) (dropout 1 would zero every
+# activation; a drop-path rate of 1 would drop every block). FractalNet's ``global_ratio`` is a share of the
+# mini-batches, so 1 is allowed; its ``dropout`` is one rate per block.
+RATES = {"dropout", "drop_rate", "drop_path_rate", "local_drop_prob"}
+SHARES = {"global_ratio"}
+
+
+def _check_option(name: str, key: str, value, default) -> None:
+    """The checks every family's options share: a value of the default's kind, and a rate within [0, 1)."""
+    def say(what: str) -> CnnlabError:
+        return CnnlabError(f"`model_options` {key}={value!r} of {name} {what}", params=("model_options",))
+
+    def is_number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if default is not None:
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = is_number(value)
+        elif isinstance(default, (tuple, list)):
+            ok = isinstance(value, (tuple, list))
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise say(f"must be a {type(default).__name__} like the default {key}={default!r}")
+    if key in RATES | SHARES and value is not None:
+        interval = "[0, 1]" if key in SHARES else "[0, 1)"
+        many = isinstance(value, (tuple, list))
+        for v in value if many else (value,):
+            if not is_number(v) or not (0 <= v < 1 or (key in SHARES and v == 1)):
+                raise say(f"needs {'rates' if many else 'a rate'} in {interval}, e.g. {key}=0.2")
 
 
 def _ensure_loaded() -> None:
@@ -262,8 +309,8 @@ def coerce_model_options(name: str, items: list[str]) -> dict:
             listed = ", ".join(accepted) or "no options"
             raise CnnlabError(f"model {name!r} has no option {key!r}; it accepts: {listed}")
         try:
-            value = ast.literal_eval(text.strip())  # never runs code
-        except (ValueError, SyntaxError):
+            value = ast.literal_eval(text.strip()) if len(text) <= 1000 else text.strip()  # never runs code
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             value = text.strip()  # a bare word: a string, e.g. shortcut=A
         default = accepted[key]
         if isinstance(default, bool) or isinstance(value, bool):

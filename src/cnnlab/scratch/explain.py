@@ -41,6 +41,19 @@ CONV_EXAMPLES = {
 POOL_4X4 = [[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]]  # 2x2 max-pool, stride 2 -> [[6,8],[3,4]]
 BACKPROP_GRAD = [[1, 0, 2], [0, 1, 0], [-1, 0, 1]]
 
+# A worked example prints every step, so its size is bounded: at most this many numbers in an array given, and
+# this many steps written out or computed (products, window entries, finite-difference forwards x their size);
+# an MNIST digit (28x28) with a 5x5 filter is well inside, and each example prints in well under a second.
+MAX_VALUES = 100_000
+MAX_STEPS = 1_000_000
+MAX_CHANNELS = 1_000_000  # `explain params`: C of the 7x7 against 3x3 comparison
+
+
+def _bounded(steps: int, what: str, fix: str) -> None:
+    if steps > MAX_STEPS:
+        raise CnnlabError(f"this example would write out {steps:,} {what}, more than the {MAX_STEPS:,} a worked "
+                          f"example prints; {fix}")
+
 
 # ---------------------------------------------------------------- input: inline text, CSV/TXT or .npy files
 
@@ -85,12 +98,21 @@ def parse_array(text: str, what: str = "--input") -> np.ndarray:
             raise CnnlabError(f"{what}: there is no file {text}")
         if path.suffix.lower() == ".npy":
             try:
-                a = np.load(path, allow_pickle=False)
+                a = np.load(path, allow_pickle=False, mmap_mode="r")  # its shape, before reading it
+                if a.size > MAX_VALUES:
+                    raise CnnlabError(f"{what}: {text} holds {a.size:,} numbers (shape {a.shape}); a worked example "
+                                      f"takes at most {MAX_VALUES:,}, so crop it")
+                a = np.array(a)
             except (OSError, ValueError) as e:
+                if isinstance(e, CnnlabError):
+                    raise
                 raise CnnlabError(f"{what}: {text} is not a NumPy .npy file of numbers ({e})") from None
             if a.dtype.kind not in "biuf" or a.size == 0 or not np.all(np.isfinite(a)):
                 raise CnnlabError(f"{what}: {text} must hold finite real numbers, not {a.dtype} of shape {a.shape}")
             return a.astype(np.float64)
+        if path.stat().st_size > 40 * MAX_VALUES:
+            raise CnnlabError(f"{what}: {text} is {path.stat().st_size:,} bytes; a worked example takes at most "
+                              f"{MAX_VALUES:,} numbers, so crop it")
         try:
             content = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
@@ -230,6 +252,10 @@ def _explain_conv(input, kernel, bias, stride, pad, example) -> tuple[str, np.nd
     c, h, wd = x.shape
     f, _, kh, kw = w.shape
     _check_fits(h, wd, kh, kw, pad)
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    # each output entry: its products, and a line or two of its own (worth about 20 products' time)
+    _bounded(f * ho * wo * (c * kh * kw + 20) + c * (h + 2 * pad) * (wd + 2 * pad), "products and values",
+             "use a smaller input, fewer or smaller filters, or a larger stride")
 
     square = (h, kh) == (wd, kw)
     line_h, ho, note_h = _size_line(h, kh, stride, pad, "height: ", "row and column" if square else "row")
@@ -313,6 +339,8 @@ def explain_pool(input: str | None = None, size: int = 2, stride: int | None = N
         raise CnnlabError("the pooling size and stride must be 1 or more")
     h, w = x.shape
     _check_fits(h, w, size, size, 0, "pooling window")
+    ho, wo = (h - size) // stride + 1, (w - size) // stride + 1
+    _bounded(ho * wo * h * w, "entries of the pooling matrix", "use a smaller input or a larger stride")
     line, ho, note = _size_line(h, size, stride, None, "height: ", "row" if h != w else "row and column")
     line_w, wo, note_w = _size_line(w, size, stride, None, "width:  ", "column" if h != w else "row and column")
     name = "max" if op == "max" else "average"
@@ -392,6 +420,9 @@ def explain_backprop(input: str | None = None, kernel: str | None = None, grad: 
     kh, kw = k.shape
     _check_fits(h, w, kh, kw, pad)
     ho, wo = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    # each weight and each input: a sum over the outputs (written out), and two finite-difference forwards
+    _bounded((h * w + kh * kw) * (ho * wo + 50) + (h + 2 * pad) * (w + 2 * pad), "products and values",
+             "use a smaller input or filter, or a larger stride")
     if grad is not None:
         g = parse_array(grad, "--grad")
         if g.size != ho * wo:
@@ -495,8 +526,9 @@ def _macs_block(title: str, layers, outputs: list[int], printed: int) -> tuple[l
 
 def explain_params(channels: int = 64) -> str:
     """The lecture's parameter and multiply-add questions, computed from the layer lists."""
-    if channels < 1:
-        raise CnnlabError("--channels must be 1 or more")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise CnnlabError(f"`channels` must be between 1 and {MAX_CHANNELS:,} (no layer has more), got {channels:,}",
+                          params=("channels",))
     cc = channels * channels
     w7, w3 = 49 * cc, 27 * cc
     lines = [f"1. One 7x7 conv or three stacked 3x3 convs, C = {channels} channels in and out (weights; biases aside)",

@@ -85,7 +85,9 @@ def train_mnist(train_images: int = 20_000, epochs: int = 3, seed: int = 0, batc
             raise CnnlabError(f"--{name.replace('_', '-')} must be between 1 and {most:,}, not {value}")
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise CnnlabError("epochs and batch size must be 1 or more and the learning rate positive")
-    with blas_threads(threads):
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise CnnlabError(f"`seed` must be a whole number from 0 to 2^63 - 1, got {seed!r}", params=("seed",))
+    with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):  # divergence: the loss check says it
         return _train(train_images, epochs, seed, batch_size, lr, momentum, test_images, data_dir, log)
 
 
@@ -110,7 +112,11 @@ def _train(train_images, epochs, seed, batch_size, lr, momentum, test_images, da
         for i in range(0, train_images, batch_size):
             idx = order[i:i + batch_size]
             logits = model.forward(x_train[idx])
-            loss_sum += loss_fn(logits, y_train[idx]) * len(idx)
+            loss = loss_fn(logits, y_train[idx])
+            if not np.isfinite(loss):  # diverged: every later step would be NaN too (as the trainer stops)
+                raise CnnlabError(f"the loss became {loss} at epoch {epoch}, step {i // batch_size + 1}; training "
+                                  f"stopped. Lower `lr` (now {lr}) and start again", params=("lr",))
+            loss_sum += loss * len(idx)
             correct += int((logits.argmax(axis=1) == y_train[idx]).sum())
             model.backward(loss_fn.backward().astype(np.float32))
             opt.lr = lr * (1 - step / total)  # linear decay to zero

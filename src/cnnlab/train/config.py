@@ -41,6 +41,14 @@ class TrainConfig:
     overwrite: bool = False  # a new run may replace the run that ``out`` holds
     skip_bad_images: bool = False  # image folders: leave out (and count) the files that cannot be read
 
+    def __post_init__(self):
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise CnnlabError(f"`seed` must be a whole number from 0 to 2^63 - 1 ({MAX_SEED}), got {self.seed!r}",
+                              params=("seed",))
+
+
+MAX_SEED = 2**63 - 1  # torch's generators take 64 bits; NumPy's no negative seeds
+
 
 @dataclass
 class RunResult:

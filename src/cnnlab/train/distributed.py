@@ -287,4 +287,15 @@ def check_launch(nproc: int, cfg: TrainConfig) -> None:
         from cnnlab.runs import load_checkpoint
         from cnnlab.train.config import resumed_config
 
-        resumed_config(load_checkpoint(cfg.resume)["info"], cfg)
+        cfg = resumed_config(load_checkpoint(cfg.resume)["info"], cfg)
+    from cnnlab.train.recipes import get_recipe, recipe_for
+
+    check_global_batch(cfg.batch_size or (get_recipe(cfg.recipe) if cfg.recipe else recipe_for(cfg.model)).batch_size,
+                       nproc)
+
+
+def check_global_batch(batch_size: int, world: int) -> None:
+    """The global batch must split evenly over the processes (checked by the launcher and by each worker)."""
+    if batch_size % world:
+        raise CnnlabError(f"`batch_size` {batch_size} is the global batch and must split evenly over {world} "
+                          f"processes; pick a multiple of {world}", params=("batch_size",))

@@ -109,19 +109,28 @@ def _train(cfg: TrainConfig) -> RunResult:
             say(note)
         _announce(say, cfg, info, recipe, platform, dist, folder, t, checkpoint)
         progress = None if cfg.quiet or not dist.main else _progress()
-        for epoch in range(t.epoch, recipe.epochs):
-            tr = train_one_epoch(t, train_data, epoch, folder, cfg.log_every, progress)
-            ev = evaluate(t.model, eval_data, platform, dist, recipe.logit_scale)
-            t.schedule.end_epoch(ev["top1"])
-            record = {"kind": "epoch", "epoch": epoch + 1, "step": t.step, "train_loss": tr["loss"],
-                      "train_top1": tr["top1"], "eval_split": eval_data.split, "eval_loss": ev["loss"],
-                      "eval_top1": ev["top1"], "eval_top5": ev["top5"], "lr": tr["lr"], "seconds": tr["seconds"],
-                      "images_per_s": tr["images_per_s"], "elapsed": time.time() - started}
-            t.end_epoch(record, folder, info)
-            say(f"epoch {epoch + 1:>3}/{recipe.epochs}  train loss {record['train_loss']:.4f} "
-                f"acc {record['train_top1']:.2f}%  {eval_data.split} loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}% "
-                f"top-5 {ev['top5']:.2f}%  {record['images_per_s']:,.0f} img/s  {record['seconds']:.1f}s")
-            folder.curves(t.history)
+        try:
+            for epoch in range(t.epoch, recipe.epochs):
+                tr = train_one_epoch(t, train_data, epoch, folder, cfg.log_every, progress)
+                ev = evaluate(t.model, eval_data, platform, dist, recipe.logit_scale)
+                t.schedule.end_epoch(ev["top1"])
+                record = {"kind": "epoch", "epoch": epoch + 1, "step": t.step, "train_loss": tr["loss"],
+                          "train_top1": tr["top1"], "eval_split": eval_data.split, "eval_loss": ev["loss"],
+                          "eval_top1": ev["top1"], "eval_top5": ev["top5"], "lr": tr["lr"], "seconds": tr["seconds"],
+                          "images_per_s": tr["images_per_s"], "elapsed": time.time() - started}
+                t.end_epoch(record, folder, info)
+                say(f"epoch {epoch + 1:>3}/{recipe.epochs}  train loss {record['train_loss']:.4f} "
+                    f"acc {record['train_top1']:.2f}%  {eval_data.split} loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}% "
+                    f"top-5 {ev['top5']:.2f}%  {record['images_per_s']:,.0f} img/s  {record['seconds']:.1f}s")
+                folder.curves(t.history)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the command line raises it): stop between two writes
+            if progress:
+                progress.stop()
+            if dist.main and folder.last.exists():
+                warnings.warn(CnnlabNote(f"training stopped in epoch {t.epoch + 1} of {recipe.epochs}; `resume` "
+                                         f"{folder.path} goes on from its last checkpoint, {folder.last}",
+                                         params=("resume",)))
+            raise
         if progress:
             progress.stop()
         seconds = time.time() - started
@@ -311,9 +320,7 @@ def _recipe(cfg: TrainConfig, world: int) -> Recipe:
             raise CnnlabError(f"`{what}` must be 1 or more, got {v}", params=(what,))
     if not recipe.lr > 0:
         raise CnnlabError(f"`lr` must be positive, got {recipe.lr}", params=("lr",))
-    if recipe.batch_size % world:
-        raise CnnlabError(f"`batch_size` {recipe.batch_size} is the global batch and must split evenly over {world} "
-                          f"processes; pick a multiple of {world}", params=("batch_size",))
+    distributed.check_global_batch(recipe.batch_size, world)
     return recipe
 
 

@@ -23,6 +23,12 @@ def prepare(model: nn.Module, name: str, options: dict, pretrained: str | None, 
     if transfer and not pretrained:
         raise CnnlabError("transfer learning needs weights to start from: pass `pretrained`",
                           params=("pretrained",))
+    if unfreeze and transfer != "features":
+        raise CnnlabError("`unfreeze` applies to feature extraction (`transfer` features) only; fine-tuning trains "
+                          "every block already", params=("unfreeze", "transfer"))
+    if lr_backbone is not None and transfer != "finetune":
+        raise CnnlabError("`lr_backbone` applies to fine-tuning (`transfer` finetune) only", params=("lr_backbone",
+                                                                                                    "transfer"))
     if lr_backbone is not None and not lr_backbone >= 0:
         raise CnnlabError(f"`lr_backbone` must be 0 or more, got {lr_backbone}", params=("lr_backbone",))
     note = ""

@@ -182,6 +182,9 @@ def freeze_backbone(model: nn.Module, head_names: list[str], unfreeze: int = 0) 
     heads_set = set(head_names)
     blocks = [(n, m) for n, m in _blocks(model)
               if n not in heads_set and not any(h == n or h.startswith(n + ".") for h in heads_set)]
+    if unfreeze > len(blocks):
+        raise CnnlabError(f"`unfreeze` {unfreeze} is more than the {len(blocks)} blocks of this backbone (outside its "
+                          f"heads); use at most {len(blocks)}, or fine-tune the whole network", params=("unfreeze",))
     trainable = set(head_names) | {n for n, _ in blocks[len(blocks) - unfreeze:]} if unfreeze else set(head_names)
     frozen = []
     for n, m in blocks:
