@@ -260,6 +260,19 @@ def test_a_flipped_byte_in_a_checkpoint_is_caught_by_its_checksum(tmp_path, caps
     assert str(tmp_path / "last.pt") in err and "best.pt" in err  # names the file and what to do
 
 
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n" * 40, bytes(range(256)) * 12])
+def test_a_file_that_is_no_checkpoint_at_all_says_so(tmp_path, capsys, content):
+    (tmp_path / "passwd.pt").write_bytes(content)  # text, or bytes torch's legacy reader trips over
+    assert main(["eval", str(tmp_path / "passwd.pt")]) == 2
+    assert "is not a PyTorch file" in _error(capsys)
+
+
+def test_a_model_name_where_a_run_is_needed_says_it_is_a_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "lenet5", "x.png"]) == 2
+    assert "lenet5 is a model, not a trained run" in _error(capsys)
+
+
 # --- a full disk --------------------------------------------------------------------------------------------------
 
 def _disk_fills_at_epoch_2_checkpoint(monkeypatch):

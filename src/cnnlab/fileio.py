@@ -121,11 +121,20 @@ def load_torch(p: Path, what: str = "checkpoint", map_location="cpu"):
                    "or a .pt file")
         else:
             why = "it holds data that torch.load(weights_only=True) does not read"
+    elif not zipfile.is_zipfile(p) and not _legacy_torch_file(p):
+        why = ("it is not a PyTorch file (torch.save writes a zip archive; this is not one); give a run folder "
+               "or a .pt file")
     elif "zip archive" in text or "central directory" in text or eof:
         why = "it is damaged or cut short (an interrupted copy or download?); copy it again"
     else:
         why = f"{kind}: {text.splitlines()[0][:200] if text else 'unreadable'}"
     raise CnnlabError(f"{p} is not a readable {what}: {why}")
+
+
+def _legacy_torch_file(p: Path) -> bool:
+    """Whether ``p`` starts like a file of torch.save's legacy (pre-1.6, non-zip) format: a pickle."""
+    with open(p, "rb") as f:
+        return f.read(2) in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 def _check_crc(p: Path, what: str) -> None:

@@ -104,6 +104,11 @@ def resolve(path: str | os.PathLike) -> Path:
     if p.is_dir():
         p = p / "last.pt"
     if not p.is_file():
+        from cnnlab.models.registry import is_model
+
+        if not p.exists() and is_model(str(path)):
+            raise CnnlabError(f"{path} is a model, not a trained run: give a run folder (with last.pt) or a .pt file "
+                              f"(`cnnlab train {path}` makes one)")
         raise CnnlabError(f"no checkpoint at {p}; give a run folder (with last.pt) or a .pt file")
     return p
 
