@@ -152,8 +152,9 @@ def test_paths_that_cannot_be_written_are_one_sentence(tmp_path, capsys, monkeyp
     monkeypatch.setattr(fileio.tempfile, "mkstemp", full)
     run = tmp_path / "run"
     assert main(["train", "lenet5_modern", "--epochs", "1", "--train-limit", "200", "--out", str(run)]) == 2
-    assert capsys.readouterr().err.endswith(f"cnnlab: error: {run / 'config.json'}: No space left on device; "
-                                            f"check the path, its permissions and the free space\n")
+    assert capsys.readouterr().err == f"cnnlab: error: disk full writing {run / 'config.json'}: free some space and " \
+                                      f"run again (files written before are intact, and a run resumes from its last " \
+                                      f"checkpoint)\n"
     with pytest.raises(OSError) as e:
         fileio.atomic_write_text(tmp_path / "out.txt", "x")
     assert e.value.filename == str(tmp_path / "out.txt")  # the file asked for, not the temporary one

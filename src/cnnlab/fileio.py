@@ -121,7 +121,7 @@ def load_torch(p: Path, what: str = "checkpoint", map_location="cpu"):
                    "or a .pt file")
         else:
             why = "it holds data that torch.load(weights_only=True) does not read"
-    elif not zipfile.is_zipfile(p) and not _legacy_torch_file(p):
+    elif not _starts_like_torch_file(p):
         why = ("it is not a PyTorch file (torch.save writes a zip archive; this is not one); give a run folder "
                "or a .pt file")
     elif "zip archive" in text or "central directory" in text or eof:
@@ -131,10 +131,11 @@ def load_torch(p: Path, what: str = "checkpoint", map_location="cpu"):
     raise CnnlabError(f"{p} is not a readable {what}: {why}")
 
 
-def _legacy_torch_file(p: Path) -> bool:
-    """Whether ``p`` starts like a file of torch.save's legacy (pre-1.6, non-zip) format: a pickle."""
+def _starts_like_torch_file(p: Path) -> bool:
+    """Whether ``p`` starts as torch.save's files do: a zip archive, or (before torch 1.6) a pickle."""
     with open(p, "rb") as f:
-        return f.read(2) in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+        head = f.read(4)
+    return head == b"PK\x03\x04" or head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 def _check_crc(p: Path, what: str) -> None:
