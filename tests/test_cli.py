@@ -52,6 +52,11 @@ def test_models_lists_params_input_and_year(capsys):
     assert code == 0
     assert out.splitlines()[1].split()[:4] == ["lenet5", "60,000", "1x32x32", "1998"]
     assert out.splitlines()[2].split()[:2] == ["lenet5_modern", "61,706"]
+    # the table builds models without initialising them; models built afterwards are initialised as ever
+    from cnnlab.models import create_model
+
+    weight = create_model("resnet20").conv1.weight  # He normal over the fan-out: std sqrt(2 / (16 * 3 * 3))
+    assert weight.device.type == "cpu" and abs(weight.std().item() - (2 / 144) ** 0.5) < 0.02
 
 
 def test_card(capsys):

@@ -28,7 +28,7 @@ def _cnnlab(*argv, **kwargs):
 @pytest.mark.parametrize("redirect", [">&-", "1>&-"])
 def test_a_closed_stdout_is_no_traceback(redirect):
     # `cnnlab models >&-`: Python starts with sys.stdout None; writing to it was an AttributeError
-    for argv in ("models", "summary lenet5"):
+    for argv in ("calc conv --input 32x32x3 --filters 8 --kernel 3", "summary lenet5"):
         r = subprocess.run(f"{sys.executable} -m cnnlab {argv} {redirect}", shell=True, env=_env(),
                            stderr=subprocess.PIPE, text=True, timeout=120)
         assert r.returncode in (0, 2) and "Traceback" not in r.stderr and len(r.stderr.splitlines()) <= 1
@@ -39,7 +39,8 @@ def test_an_output_that_cannot_be_written_is_one_sentence():
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
     with open("/dev/full", "w") as full:
-        r = subprocess.run([sys.executable, "-m", "cnnlab", "models"], env=_env(), stdout=full,
+        r = subprocess.run([sys.executable, "-m", "cnnlab", "calc", "conv", "--input", "32x32x3", "--filters", "8",
+                            "--kernel", "3"], env=_env(), stdout=full,
                            stderr=subprocess.PIPE, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("cnnlab: error: the output could not be written")
     assert "Traceback" not in r.stderr
