@@ -273,6 +273,20 @@ def test_a_model_name_where_a_run_is_needed_says_it_is_a_model(tmp_path, capsys,
     assert "lenet5 is a model, not a trained run" in _error(capsys)
 
 
+def test_checkpoints_with_parts_missing_are_one_sentence(tmp_path, capsys):
+    info = RunInfo("lenet5_modern", tuple("0123456789"), 1, (1, 28, 28), "mnist")
+    save_checkpoint(tmp_path / "weights.pt", info, {"w": torch.ones(1)}, {"epoch": 1})  # no training state
+    assert main(["train", "lenet5_modern", "--resume", str(tmp_path / "weights.pt")]) == 2
+    assert "holds weights but not the training state that resuming needs (optimizer, step" in _error(capsys)
+    blob = torch.load(tmp_path / "weights.pt", weights_only=True)
+    del blob["info"]["recipe"]  # how the images were prepared: without it no command can feed the network
+    torch.save(blob, tmp_path / "no-recipe.pt")
+    for argv in (["eval", str(tmp_path / "no-recipe.pt")], ["train", "lenet5_modern", "--resume",
+                                                             str(tmp_path / "no-recipe.pt")]):
+        assert main(argv) == 2
+        assert "is a cnnlab checkpoint with parts missing (KeyError: 'recipe')" in _error(capsys)
+
+
 # --- a full disk --------------------------------------------------------------------------------------------------
 
 def _disk_fills_at_epoch_2_checkpoint(monkeypatch):

@@ -75,6 +75,14 @@ class RunInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunInfo:
+        """The info as saved; a KeyError or TypeError when a part that opening a run needs is missing or of the
+        wrong kind (an edited or foreign file)."""
+        for key, kind in (("model", str), ("classes", list), ("in_chans", int), ("input_size", list),
+                          ("data", str), ("recipe", dict)):
+            if key not in d:
+                raise KeyError(key)
+            if not isinstance(d[key], kind):
+                raise TypeError(f"{key} is a {type(d[key]).__name__}, not a {kind.__name__}")
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         return cls(**{**d, "classes": tuple(d["classes"]), "input_size": tuple(d["input_size"])})

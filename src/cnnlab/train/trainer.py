@@ -171,6 +171,12 @@ class Training:
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
 
     def restore(self, checkpoint: dict, info: RunInfo, where: str) -> None:
+        missing = ", ".join(k for k in ("optimizer", "epoch", "step", "best_top1", "history", "rng")
+                            if k not in checkpoint)
+        if missing:
+            raise CnnlabError(f"{where} holds weights but not the training state that resuming needs ({missing} "
+                              f"missing); evaluate it, or train anew from its weights (`cnnlab transfer --from "
+                              f"{where}`)")
         if list(checkpoint["info"].classes) != list(info.classes):
             raise CnnlabError("the checkpoint was trained on other classes than this data; resume with its own `data`",
                               params=("data",))
