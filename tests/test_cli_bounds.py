@@ -175,7 +175,8 @@ def _digit(path):
     return path
 
 
-def test_predict_with_non_finite_weights_is_one_sentence(capsys, tmp_path):
+@pytest.mark.parametrize("command", ["predict", "eval", "visualize"])
+def test_non_finite_weights_are_one_sentence_in_every_command(capsys, tmp_path, command):
     import shutil
 
     import torch
@@ -186,6 +187,10 @@ def test_predict_with_non_finite_weights_is_one_sentence(capsys, tmp_path):
         if t.is_floating_point():
             t.fill_(float("nan"))
     torch.save(ckpt, tmp_path / "run" / "last.pt")
-    # it printed "nan%" beside five classes before
-    code, out, err, _ = run(capsys, "predict", str(tmp_path / "run"), str(_digit(tmp_path / "digit.png")))
-    assert code == 2 and out == "" and one_sentence(err) and "weights are not finite; use best.pt" in err
+    # predict printed "nan%" beside five classes before, and eval an accuracy of argmax over NaN
+    argv = {"predict": ["predict", str(tmp_path / "run"), str(_digit(tmp_path / "digit.png"))],
+            "eval": ["eval", str(tmp_path / "run")],
+            "visualize": ["visualize", "filters", str(tmp_path / "run"), "--out", str(tmp_path / "f.png")]}[command]
+    code, out, err, _ = run(capsys, *argv)
+    assert code == 2 and out == "" and one_sentence(err) and "holds weights that are not finite" in err
+    assert "best.pt" in err

@@ -184,6 +184,10 @@ def open_run(path: str | os.PathLike) -> Run:
     except RuntimeError as e:
         raise CnnlabError(f"{file} does not fit {info.model} with {info.num_classes} classes "
                           f"({str(e).splitlines()[0]})") from None
+    bad = next((k for k, t in ckpt["model"].items() if t.is_floating_point() and not t.isfinite().all()), None)
+    if bad is not None:  # the trainer never saves such weights (a loss that is not finite stops it): edited?
+        raise CnnlabError(f"{file} holds weights that are not finite (NaN or infinite, first in {bad}); nothing it "
+                          f"computes would mean anything: use the run's best.pt or an earlier checkpoint")
     folder = file.parent if (file.parent / "config.json").is_file() else None
     return Run(model.eval(), info, list(ckpt.get("history") or []), file, folder)
 

@@ -60,6 +60,9 @@ def _score(models, batches, tta: str | None, size: int, k: int) -> tuple[torch.T
     top5 = 0
     for x, y in batches:
         p = probabilities(models, x, tta, size)
+        if not torch.isfinite(p).all():
+            raise CnnlabError("the network's outputs are not finite (NaN or infinite) on these images, so no "
+                              "accuracy can be given; check that the data is the run's own (`data`)", params=("data",))
         top5 += topk_correct(p, y)[1]
         confusion += torch.bincount(y * k + p.argmax(1), minlength=k * k).view(k, k)
     return confusion, top5
