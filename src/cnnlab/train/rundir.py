@@ -199,7 +199,8 @@ def write_curves(history: list[dict], path: Path) -> None:
     b.plot(epochs, [h["train_top1"] for h in history], "o-", label="train top-1")
     b.plot(epochs, [h["eval_top1"] for h in history], "o-", label=f"{history[-1]['eval_split']} top-1")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy %"), b.legend(), b.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.96, wspace=0.22)  # tight_layout's margins,
+    # fixed: measuring them cost 0.3 s an epoch, 60% of the figure
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
 
