@@ -68,7 +68,9 @@ def test_inception_v3_loads_torchvision_state_dict_and_computes_the_same():
         out_theirs = theirs.train()(x)
         torch.manual_seed(1)
         out_ours = ours.train()(x)
-    torch.testing.assert_close(out_ours.logits, out_theirs.logits, rtol=0, atol=1e-5)
+    assert type(out_ours)._fields == type(out_theirs)._fields == ("logits", "aux_logits")
+    for mine, theirs in zip(out_ours, out_theirs):  # the same outputs by position and by name
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5)
     torch.testing.assert_close(out_ours.aux, out_theirs.aux_logits, rtol=0, atol=1e-5)
 
 

@@ -12,7 +12,8 @@ Two builds share the table:
 local response normalisation after conv1's pool and after conv2 (the 3x3); real 5x5 branches; a 7x7 average
 pool, dropout 0.4 and a linear layer; and the two auxiliary classifiers of Sec. 5 on the outputs of 4a and
 4d: 5x5 average pool with stride 3 (giving 4x4), 1x1 convolution with 128 filters, FC 1024, dropout 0.7,
-linear. In training mode it returns :class:`GoogLeNetOutputs` (logits, aux1, aux2) and the trainer adds
+linear. In training mode it returns :class:`GoogLeNetOutputs` (logits, aux_logits2, aux_logits1: torchvision's
+fields and order) and the trainer adds
 0.3 x each auxiliary loss, as the paper does; in eval mode it returns the logits. Details the paper leaves
 open, taken from the authors' reference (BVLC Caffe) model: max-pools round their output size up (so 112
 -> 56 -> 28 -> 14 -> 7, the sizes of Table 1), LRN has size 5, alpha 1e-4, beta 0.75, k 1 (Caffe divides alpha
@@ -205,7 +206,7 @@ class GoogLeNet(nn.Module):
         x = self.inception5b(self.inception5a(x))  # N x 1024 x 7 x 7
         x = torch.flatten(self.avgpool(x), 1)  # N x 1024
         x = self.fc(self.dropout(x))
-        return GoogLeNetOutputs(x, aux1, aux2) if train_aux else x
+        return GoogLeNetOutputs(x, aux2, aux1) if train_aux else x  # torchvision's order
 
 
 @register_model(

@@ -34,8 +34,9 @@ Google's released TensorFlow checkpoint, whose network is not quite the one of T
   valid 5x5 conv to 768 (which reduces the 5x5 map to 1x1) and a linear layer, as released. Its
   convolutions are batch-normalised (Fig. 8); the paper's best model ("BN-auxiliary", Table 3) also
   batch-normalises the head's fully connected layer, the release does not. The head runs only in training
-  mode, where the model returns ``InceptionOutputs(logits, aux)``; the trainer weights the aux loss 0.4,
-  torchvision's reference recipe (the paper gives no weight). In eval mode the model returns the logits.
+  mode, where the model returns ``InceptionOutputs(logits, aux_logits)`` (torchvision's); the trainer weights
+  the aux loss 0.4, torchvision's reference recipe (the paper gives no weight). In eval mode the model
+  returns the logits.
 * The final 8x8 average pool is adaptive (torchvision's), so inputs from 75x75 up run; at 299x299 it is the
   paper's 8x8 pool. Dropout (p=0.5, torchvision's default; the TF-slim release keeps 0.8) sits before the
   classifier; Table 1 has none.

@@ -105,23 +105,41 @@ class FullConv2d(nn.Conv2d):
 
 
 class GoogLeNetOutputs(NamedTuple):
-    """What GoogLeNet returns in training mode: the main logits and the two auxiliary classifiers' logits
-    (after inception 4a and 4d). The trainer adds ``aux_weights[i]`` x the cross-entropy of each auxiliary
-    output to the main loss, as Szegedy et al. 2014 (Sec. 5) do: total = main + 0.3 aux1 + 0.3 aux2."""
+    """What GoogLeNet returns in training mode, as torchvision's ``GoogLeNetOutputs`` (same fields, same order,
+    so code that unpacks torchvision's by position gets the same heads): the main logits, then the auxiliary
+    classifier after inception 4d (``aux_logits2``), then the one after 4a (``aux_logits1``). The trainer adds
+    ``aux_weights[i]`` x the cross-entropy of each auxiliary output to the main loss, as Szegedy et al. 2014
+    (Sec. 5) do: total = main + 0.3 aux1 + 0.3 aux2."""
 
     logits: torch.Tensor
-    aux1: torch.Tensor
-    aux2: torch.Tensor
+    aux_logits2: torch.Tensor
+    aux_logits1: torch.Tensor
     aux_weights = (0.3, 0.3)
+
+    @property
+    def aux1(self) -> torch.Tensor:
+        """The classifier after inception 4a (cnnlab's earlier name; torchvision's is ``aux_logits1``)."""
+        return self.aux_logits1
+
+    @property
+    def aux2(self) -> torch.Tensor:
+        """The classifier after inception 4d (torchvision: ``aux_logits2``)."""
+        return self.aux_logits2
 
 
 class InceptionOutputs(NamedTuple):
-    """What Inception v3 returns in training mode: the main logits and its one auxiliary head's logits,
-    weighted 0.4 in the loss (torchvision's reference recipe; the paper gives no weight)."""
+    """What Inception v3 returns in training mode, as torchvision's ``InceptionOutputs``: the main logits and
+    its one auxiliary head's logits (``aux_logits``), weighted 0.4 in the loss (torchvision's reference recipe;
+    the paper gives no weight)."""
 
     logits: torch.Tensor
-    aux: torch.Tensor
+    aux_logits: torch.Tensor
     aux_weights = (0.4,)
+
+    @property
+    def aux(self) -> torch.Tensor:
+        """The auxiliary head's logits (cnnlab's earlier name; torchvision's is ``aux_logits``)."""
+        return self.aux_logits
 
 
 def init_he_normal(model: nn.Module, mode: str = "fan_out") -> None:
