@@ -378,3 +378,30 @@ def test_activation_column_adds_up_to_the_forward_total_as_documented(name):
             assert r.new_elements == r.activation_elements, r.name
     if name in ("lenet5", "vgg16", "nin"):  # a plain chain of layers: the leaves are all there is
         assert sum(r.new_elements for r in containers) == 0
+
+
+# -- the Python API in torchinfo's terms (issue 16) -----------------------------------------------------------
+def test_a_torchinfo_style_size_with_a_batch_counts_per_image_and_keeps_the_batch():
+    one = summary("resnet20", (3, 32, 32))
+    four = summary("resnet20", (4, 3, 32, 32))  # torchinfo: summary(model, input_size=(N, C, H, W))
+    data = summary(create_model("resnet20"), input_data=torch.zeros(4, 3, 32, 32))
+    assert four.input_size == data.input_size == (3, 32, 32) and four.batch_size == data.batch_size == 4
+    # by hand: stem 32*32*16*27; stage 1, six 32*32*16*144; stage 2, 16*16*32*144 then five 16*16*32*288;
+    # stage 3, 8*8*64*288 then five 8*8*64*576; the classifier 64*10 (option-A shortcuts add nothing)
+    by_hand = 442_368 + 6 * 2_359_296 + 1_179_648 + 5 * 2_359_296 + 1_179_648 + 5 * 2_359_296 + 640
+    assert four.total_macs == data.total_macs == one.total_macs == by_hand == 40_551_040
+    assert four.batch_macs == 4 * one.total_macs and one.total_flops == one.flops == 2 * one.total_macs
+    assert four.to_dict()["total_flops"] == 2 * one.total_macs
+    with pytest.raises(CnnlabError, match="batch_size 2 differs from the batch of input_size"):
+        summary("resnet20", (4, 3, 32, 32), batch_size=2)
+
+
+def test_row_of_an_unknown_layer_and_options_for_a_built_module_are_clear_errors():
+    s = summary("resnet20")
+    assert s.row("layer1.0.conv1").params == 16 * 16 * 9
+    with pytest.raises(CnnlabError, match=r"resnet20 has no layer 'layer1.0.conv9'; did you mean layer1.0.conv2, "
+                                          r"layer1.0.conv1"):
+        s.row("layer1.0.conv9")
+    with pytest.raises(CnnlabError, match="'shortcut': model options apply when the model is given by name"):
+        summary(create_model("resnet20"), (3, 32, 32), shortcut="B")  # was silently ignored
+    assert s._repr_markdown_() == s.markdown()  # a notebook shows the CLI's table

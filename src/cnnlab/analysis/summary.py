@@ -99,10 +99,19 @@ class Summary:
     receptive_field_layer: str | None
     untracked_ops: list[str] = field(default_factory=list)
     depth: int | None = None  # rows shown by table(): None = every leaf layer
+    batch_size: int = 1  # the batch asked for (torchinfo style); every count above is for one image
 
     @property
-    def flops(self) -> int:
+    def total_flops(self) -> int:
+        """Floating-point operations of one image: two per multiply-add (the papers' "FLOPs" are often MACs)."""
         return 2 * self.total_macs
+
+    flops = total_flops  # the earlier name
+
+    @property
+    def batch_macs(self) -> int:
+        """Multiply-adds of the whole batch (torchinfo's "Total mult-adds" for an input with a batch of N)."""
+        return self.batch_size * self.total_macs
 
     def training_bytes(self, batch_size: int = 1) -> int:
         return 3 * self.param_bytes + 2 * batch_size * self.activation_bytes
@@ -115,7 +124,15 @@ class Summary:
         return [r for r in self.rows if 0 < r.depth <= depth and (r.depth == depth or r.is_leaf)]
 
     def row(self, name: str) -> LayerRow:
-        return next(r for r in self.rows if r.name == name)
+        """The row of the module ``name`` (as in ``model.named_modules()``)."""
+        found = next((r for r in self.rows if r.name == name), None)
+        if found is None:
+            import difflib
+
+            near = difflib.get_close_matches(name, [r.name for r in self.rows if r.name], n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else "; the names are those of model.named_modules()"
+            raise CnnlabError(f"{self.model} has no layer {name!r}{hint}")
+        return found
 
     # -- renderings ------------------------------------------------------------------------------------
     def as_dict(self, depth: int | None = None) -> dict:
@@ -135,6 +152,11 @@ class Summary:
                                 if self.receptive_field else None),
             "layers": [r.as_dict() for r in self.visible_rows(depth)],
         }
+
+    to_dict = as_dict
+
+    def _repr_markdown_(self) -> str:  # a notebook shows the CLI's table
+        return self.markdown()
 
     def to_json(self, depth: int | None = None) -> str:
         return json.dumps(self.as_dict(depth), indent=2)
@@ -470,12 +492,30 @@ def _check_input_size(input_size: tuple) -> None:
 
 
 def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = None, *,
-            depth: int | None = None, dtype: torch.dtype = torch.float32, **model_kwargs: Any) -> Summary:
-    """Inspect ``model`` (a module or a registered name) on one image of ``input_size`` (C, H, W)."""
+            input_data: torch.Tensor | None = None, batch_size: int | None = None, depth: int | None = None,
+            dtype: torch.dtype = torch.float32, **model_kwargs: Any) -> Summary:
+    """Inspect ``model`` (a module or a registered name, then built with ``model_kwargs``) on one image of
+    ``input_size``: (C, H, W), or torchinfo's (N, C, H, W) with the batch first, or the shape of
+    ``input_data``. Every count is for one image; ``batch_size`` (or N) is kept for what grows with it."""
     from cnnlab.models.registry import create_model, model_card
 
+    if input_data is not None:
+        if input_size is not None:
+            raise CnnlabError("give `input_size` or `input_data`, not both", params=("input_size", "input_data"))
+        input_size = tuple(input_data.shape)
     if isinstance(input_size, str):
         input_size = parse_input_size(input_size)
+    if input_size is not None and len(input_size) == 4:  # torchinfo's (batch, C, H, W)
+        if batch_size is not None and batch_size != input_size[0]:
+            raise CnnlabError(f"`batch_size` {batch_size} differs from the batch of `input_size` {tuple(input_size)}",
+                              params=("batch_size", "input_size"))
+        batch_size, input_size = input_size[0], tuple(input_size[1:])
+    batch_size = 1 if batch_size is None else batch_size
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise CnnlabError(f"`batch_size` must be 1 or more, got {batch_size!r}", params=("batch_size",))
+    if not isinstance(model, str) and model_kwargs:
+        raise CnnlabError(f"{', '.join(map(repr, model_kwargs))}: model options apply when the model is given by "
+                          f"name (cnnlab.summary('resnet20', shortcut='A')); a module is already built")
     if input_size is not None:
         _check_input_size(tuple(input_size))
     if isinstance(model, str):
@@ -534,6 +574,7 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
         receptive_field_layer=rf_layer,
         untracked_ops=list(rec.untracked),
         depth=depth,
+        batch_size=batch_size,
     )
 
 
