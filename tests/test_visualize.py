@@ -181,6 +181,13 @@ def test_gradcam_on_a_toy_with_a_known_answer():
         np.testing.assert_allclose(att.map, (x[c] / x[c].max()).numpy(), atol=1e-6)
         np.testing.assert_allclose(att.raw, (x[c] / 64).numpy(), atol=1e-7)
     assert gradcam(model, x, "0").target == 1  # the predicted class: channel 1 has the larger mean
+    # as pytorch-grad-cam and Captum take them: the layer as a module, the target as a tensor
+    np.testing.assert_allclose(gradcam(model, x, conv, target=torch.tensor(0)).map, gradcam(model, x, "0", 0).map)
+    assert saliency(model, x, target=torch.tensor([1])).target == 1
+    with pytest.raises(CnnlabError, match="the Conv2d given as layer is not a module of this Sequential"):
+        gradcam(model, x, nn.Conv2d(2, 2, 1))  # one line, not the module's repr
+    with pytest.raises(CnnlabError, match="one class index for one image, got a tensor of shape .2,"):
+        saliency(model, x, target=torch.tensor([0, 1]))
 
 
 def _gradcam_by_hand(model: nn.Sequential, x: torch.Tensor, cut: int, target: int) -> np.ndarray:

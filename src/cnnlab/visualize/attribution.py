@@ -34,10 +34,16 @@ class Attribution:
     raw: np.ndarray | None = None  # Grad-CAM at the layer's resolution, before upsampling and scaling
 
 
-def _target(logits: torch.Tensor, target: int | None) -> int:
+def _target(logits: torch.Tensor, target: int | torch.Tensor | None) -> int:
     k = logits.shape[1]
     if target is None:
         return int(logits[0].argmax())
+    if isinstance(target, (torch.Tensor, np.ndarray)):  # torch.tensor(3), as Captum's `target` takes it
+        t = torch.as_tensor(target)
+        if t.numel() != 1 or t.is_floating_point():
+            raise CnnlabError(f"the target must be one class index for one image, got a tensor of shape "
+                              f"{tuple(t.shape)} and type {t.dtype}")
+        target = int(t.item())
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= target < k:
         raise CnnlabError(f"class {target!r} is out of range; this model has {k} classes, 0 to {k - 1}")
     return int(target)
@@ -64,10 +70,19 @@ def saliency(model: nn.Module, x: torch.Tensor, target: int | None = None) -> At
     return Attribution(smap, t, float(p[t]), int(p.argmax()))
 
 
-def gradcam(model: nn.Module, x: torch.Tensor, layer: str | None = None, target: int | None = None) -> Attribution:
-    """Grad-CAM of one preprocessed image ``x`` (C x H x W) at ``layer`` (default: see
-    :data:`~cnnlab.visualize.layers.GRADCAM_LAYERS`) for class ``target`` (default: the predicted class)."""
+def gradcam(model: nn.Module, x: torch.Tensor, layer: str | nn.Module | None = None,
+            target: int | torch.Tensor | None = None) -> Attribution:
+    """Grad-CAM of one preprocessed image ``x`` (C x H x W) at ``layer``, a module of ``model`` or its name
+    (default: see :data:`~cnnlab.visualize.layers.GRADCAM_LAYERS`), for class ``target`` (default: the
+    predicted class)."""
     x = as_batch(model, x)
+    if isinstance(layer, nn.Module):  # as pytorch-grad-cam's target_layers and Captum's LayerGradCam take it
+        name = next((n for n, m in model.named_modules() if m is layer), None)
+        if name is None:
+            raise CnnlabError(f"the {type(layer).__name__} given as `layer` is not a module of this "
+                              f"{type(model).__name__}; give one of its modules (e.g. model.layer4) or a name",
+                              params=("layer",))
+        layer = name
     layer = layer or gradcam_layer(model, tuple(x.shape[1:]))
     # the input takes part in the graph, so a frozen model still has one
     x = x.detach().requires_grad_(True)
