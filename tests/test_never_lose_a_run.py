@@ -125,6 +125,16 @@ def test_a_folder_holding_a_run_is_refused_and_left_untouched(tmp_path, capsys, 
 
 
 @pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_is_no_run_to_keep(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}\n")  # what kill -9 in the first epoch leaves
+    (out / "metrics.jsonl").write_text(json.dumps({"kind": "step", "epoch": 1, "step": 50, "loss": 2.3}) + "\n")
+    assert main(["train", *ARGS, "--out", str(out)]) == 0  # nothing to resume, nothing to lose: no refusal
+    assert _epochs(out) == [1, 2] and '"step": 50, "loss": 2.3' not in (out / "metrics.jsonl").read_text()
+
+
+@pytest.mark.slow
 def test_overwrite_replaces_every_file_of_the_old_run(tmp_path):
     out = tmp_path / "run"
     _fake_run(out, epoch=7)

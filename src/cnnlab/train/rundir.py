@@ -24,8 +24,9 @@ RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png",
 
 
 def holds_run(path: Path) -> bool:
-    """Whether ``path`` holds a run's results (a checkpoint or metrics), not just a folder."""
-    return any((path / name).is_file() for name in ("last.pt", "best.pt", "metrics.jsonl"))
+    """Whether ``path`` holds a run that can be resumed or used (a checkpoint). A folder with only the config
+    and metrics of a run killed before its first checkpoint holds nothing to lose: a new run replaces them."""
+    return any((path / name).is_file() for name in ("last.pt", "best.pt"))
 
 
 def check_destination(out: str | None, resume: str | None, overwrite: bool = False) -> None:
