@@ -101,7 +101,7 @@ def load_torch(p: Path, what: str = "checkpoint", map_location="cpu"):
 
     import torch
 
-    _check_crc(p, what)
+    _check_crc(p)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. the unpickler's note on a foreign pickle protocol
@@ -138,7 +138,7 @@ def _starts_like_torch_file(p: Path) -> bool:
     return head == b"PK\x03\x04" or head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
-def _check_crc(p: Path, what: str) -> None:
+def _check_crc(p: Path) -> None:
     """torch.save writes a zip archive whose records each carry a CRC-32 of their bytes, but torch.load never
     checks them: a flipped bit in a weight loads silently. Check them all (about 4 ms per MB)."""
     import zipfile

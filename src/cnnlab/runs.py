@@ -199,10 +199,11 @@ def open_model(source: str) -> Run:
 
     from cnnlab.models.registry import list_models
 
-    if source in list_models() and Path(source).expanduser().exists():  # both: the path wins, and says so
+    is_path, is_name = Path(source).expanduser().exists(), source in list_models()
+    if is_path and is_name:  # both: the path wins, and says so
         warnings.warn(CnnlabNote(f"{source} is both a model name and a path here; opening the path ./{source} (for "
                                  f"the untrained model, run from another folder)"))
-    if not Path(source).expanduser().exists() and source in list_models():
+    if is_name and not is_path:
         info = RunInfo.untrained_model(source)
         with torch.random.fork_rng():
             torch.manual_seed(0)

@@ -43,6 +43,11 @@ def check_destination(out: str | None, resume: str | None, overwrite: bool = Fal
                           params=("resume", "out", "overwrite") if not resume else ("out", "overwrite"))
 
 
+def _remove_run_files(path: Path) -> None:
+    for name in RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+
+
 def _folder_of(resume: str) -> Path:
     p = Path(resume).expanduser()
     return p.parent if p.is_file() else p
@@ -73,8 +78,7 @@ class RunFolder:
         if main:
             path.mkdir(parents=True, exist_ok=True)
             if out and overwrite and not (resume and path.resolve() == _folder_of(resume).resolve()):
-                for name in RUN_FILES:  # the old run's files, so that none of them is taken for the new run's
-                    (path / name).unlink(missing_ok=True)
+                _remove_run_files(path)  # the old run's, so that none of them is taken for the new run's
             remove_temporaries(path)
         return cls(path, main, created, new=not resume)  # as a context: abandon() when the run fails
 
@@ -91,8 +95,7 @@ class RunFolder:
         it made it), so that no folder is left that looks like a run but holds none."""
         if not (self.main and self.new) or self.checkpointed:
             return
-        for name in RUN_FILES:
-            (self.path / name).unlink(missing_ok=True)
+        _remove_run_files(self.path)
         remove_temporaries(self.path)
         if self.created:
             try:
