@@ -14,7 +14,7 @@ LAYERS = [
     {"data", "models", "scratch"},
     {"runs", "platform"},
     {"analysis", "train", "transfer", "visualize"},
-    {"cli", "__main__"},
+    {"cli", "__main__", "catalog"},
 ]
 # pairs inside a layer that must not import each other (in this direction)
 FORBIDDEN = {("transfer", "train"), ("analysis", "train"), ("analysis", "transfer"), ("analysis", "visualize"),

@@ -13,7 +13,7 @@ from cnnlab.cli import main
 def _imported():
     """The libraries' first import (seconds on a slow machine) is not a command's time."""
     import cnnlab.analysis.summary  # noqa: F401
-    import cnnlab.models  # noqa: F401
+    from cnnlab.models import create_model  # noqa: F401  (loads every family)
     import cnnlab.scratch.explain  # noqa: F401
 
 

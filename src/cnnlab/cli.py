@@ -116,9 +116,9 @@ def models_command(sub) -> None:
 
 
 def _models(args) -> str:
-    from cnnlab.models.cards import render_models
+    from cnnlab.catalog import models  # the cached table: no torch, no model built
 
-    return render_models(args.pattern)
+    return models(args.pattern)
 
 
 def card_command(sub) -> None:
@@ -128,13 +128,9 @@ def card_command(sub) -> None:
 
 
 def _card(args) -> str:
-    from cnnlab.models import model_card
-    from cnnlab.models.cards import render_card
-    from cnnlab.train.recipes import default_recipe
-    from cnnlab.visualize.layers import default_gradcam_layer
+    from cnnlab.catalog import card
 
-    card = model_card(args.name)
-    return render_card(card, gradcam_layer=default_gradcam_layer(args.name), recipe=default_recipe(args.name))
+    return card(args.name)
 
 
 def summary_command(sub) -> None:

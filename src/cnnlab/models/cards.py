@@ -8,23 +8,32 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch
-
 from cnnlab.errors import CnnlabError
-from cnnlab.models.registry import METRICS, ModelCard, create_model, list_models, model_card, model_options
+from cnnlab.models.registry import (METRICS, ModelCard, create_model, list_models, matching, model_card,
+                                    model_options)
 
 
-def render_models(pattern: str | None = None) -> str:
-    """One line per model matching ``pattern``: name, parameters, default input, paper year, description."""
-    names = list_models(pattern)
-    if not names:
+def models_row(name: str) -> tuple[str, int, str, int, str]:
+    """``cnnlab models``'s row of a model: name, parameters at its defaults, default input, paper year,
+    description. Builds the model (without weights) to count its parameters."""
+    card = model_card(name)
+    with _counting():
+        params = sum(p.numel() for p in create_model(name).parameters())
+    return name, params, "x".join(map(str, card.input_size)), card.paper.year, card.summary
+
+
+def render_models(pattern: str | None = None, rows: list[tuple] | None = None) -> str:
+    """One line per model matching ``pattern``: name, parameters, default input, paper year, description.
+    ``rows`` are every model's :func:`models_row`, sorted by name, where the caller has them (the command line's
+    cached table); without them the matching models are built to count their parameters."""
+    if rows is None:
+        rows = [models_row(n) for n in list_models(pattern)]
+    else:
+        chosen = set(matching([r[0] for r in rows], pattern))
+        rows = [r for r in rows if r[0] in chosen]
+    if not rows:
         raise CnnlabError(f"no model matches {pattern!r}; `cnnlab models` lists them all")
-    rows = []
-    for n in names:
-        card = model_card(n)
-        with _counting():
-            params = sum(p.numel() for p in create_model(n).parameters())
-        rows.append((n, f"{params:,}", "x".join(map(str, card.input_size)), str(card.paper.year), card.summary))
+    rows = [(n, f"{params:,}", size, str(year), text) for n, params, size, year, text in rows]
     head = ("model", "params", "input", "year", "description")
     widths = [max(len(r[i]) for r in rows + [head[:4] + ("",)]) for i in range(4)]
     fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}"
@@ -36,6 +45,8 @@ def _counting():
     """Build models only to count their parameters: on the meta device (no memory) and without initialising
     them (torch.nn.init's functions leave the tensor as it is): initialising on meta runs torch's Python
     reference kernels, about 2 ms a call, 10+ s for the zoo."""
+    import torch
+
     init = torch.nn.init
     names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
     saved = {n: getattr(init, n) for n in names}

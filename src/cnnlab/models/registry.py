@@ -14,13 +14,16 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from cnnlab.errors import CnnlabError
 
+if TYPE_CHECKING:  # only the annotations name nn.Module: the cards and names are read without importing torch
+    from torch import nn
+
 __all__ = ["Figure", "ModelCard", "Paper", "PaperTable", "create_model", "docstring", "documented", "is_model",
-           "list_models", "model_card", "model_entrypoint", "model_options", "register_model", "torchvision_figures"]
+           "list_models", "matching", "model_card", "model_entrypoint", "model_options", "register_model",
+           "torchvision_figures"]
 
 
 @dataclass(frozen=True)
@@ -197,11 +200,15 @@ def is_model(name: str) -> bool:
 def list_models(pattern: str | None = None) -> list[str]:
     """Registered model names, sorted; ``pattern`` is a shell-style wildcard (``"vgg*"``) or a substring."""
     _ensure_loaded()
-    names = sorted(_REGISTRY)
-    if pattern:
-        wild = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
-        names = [n for n in names if fnmatch.fnmatchcase(n, wild)]
-    return names
+    return matching(sorted(_REGISTRY), pattern)
+
+
+def matching(names: list[str], pattern: str | None) -> list[str]:
+    """The ``names`` that ``pattern`` selects, as :func:`list_models` selects them."""
+    if not pattern:
+        return list(names)
+    wild = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    return [n for n in names if fnmatch.fnmatchcase(n, wild)]
 
 
 def model_card(name: str) -> ModelCard:
@@ -286,7 +293,12 @@ def _check_option(name: str, key: str, value, default) -> None:
 
 def _ensure_loaded() -> None:
     # Importing the families runs their @register_model decorators.
-    import cnnlab.models  # noqa: F401
+    import importlib
+
+    from cnnlab.models import FAMILIES
+
+    for family in FAMILIES:
+        importlib.import_module(f"cnnlab.models.{family}")
 
 
 def coerce_model_options(name: str, items: list[str]) -> dict:
