@@ -496,8 +496,9 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
             dtype: torch.dtype = torch.float32, **model_kwargs: Any) -> Summary:
     """Inspect ``model`` (a module or a registered name, then built with ``model_kwargs``) on one image of
     ``input_size``: (C, H, W), or torchinfo's (N, C, H, W) with the batch first, or the shape of
-    ``input_data``. Every count is for one image; ``batch_size`` (or N) is kept for what grows with it."""
-    from cnnlab.models.registry import create_model, model_card
+    ``input_data``. Every count is for one image; ``batch_size`` (or N) is kept for what grows with it.
+    A module built by :func:`cnnlab.create_model` brings its name and input size (its ``cnnlab_config``)."""
+    from cnnlab.models.registry import create_model, model_card, model_config
 
     if input_data is not None:
         if input_size is not None:
@@ -528,7 +529,10 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
             module = create_model(name, **model_kwargs)
         device = torch.device("meta")
     else:
-        module, name = model, type(model).__name__
+        # a model cnnlab built knows its name and input size; any other module is named by its class
+        config = model_config(model)
+        module, name = model, config.name if config else type(model).__name__
+        input_size = input_size or (config.input_size if config else None)
         if input_size is None:
             raise CnnlabError("input_size is required when summarising a module; e.g. (3, 224, 224)")
         input_size = tuple(input_size)
