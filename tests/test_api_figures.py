@@ -103,6 +103,8 @@ def test_saliency_and_gradcam_figures_for_one_image_and_a_batch(no_pyplot_state)
     assert len(plot_gradcam(None, gradcam(model, x, "3")).axes) == 2  # the maps alone: one panel per image
     with pytest.raises(CnnlabError, match="the attribution is of 2 images but 1 were given"):
         plot_saliency([picture], sal)
+    with pytest.raises(CnnlabError, match="is a saliency map .it has no layer.; draw it with plot_saliency"):
+        plot_gradcam(x, sal)
 
 
 @pytest.mark.slow

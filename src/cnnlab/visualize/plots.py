@@ -140,12 +140,16 @@ def plot_top_images(result: TopImages, patches: np.ndarray, name: str | None = N
 def plot_saliency(image, attribution: Attribution, classes: Sequence[str] | None = None, name: str | None = None,
                   image_name: str | None = None) -> Figure:
     """The image (if given) beside its saliency map, one row per image of a batch."""
+    if attribution.layer is not None:
+        raise CnnlabError("this Attribution is a Grad-CAM map (it has a layer); draw it with plot_gradcam")
     return _attribution_figure(image, attribution, classes, name, image_name)
 
 
 def plot_gradcam(image, attribution: Attribution, classes: Sequence[str] | None = None, name: str | None = None,
                  image_name: str | None = None) -> Figure:
     """The image (if given) beside the Grad-CAM map laid over it, one row per image of a batch."""
+    if attribution.layer is None:
+        raise CnnlabError("this Attribution is a saliency map (it has no layer); draw it with plot_saliency")
     return _attribution_figure(image, attribution, classes, name, image_name)
 
 
