@@ -193,11 +193,11 @@ def repair_best(folder: Path, checkpoint: dict) -> bool:
 def curves_figure(history: list[dict]):
     """Loss and accuracy per epoch, training and evaluation: a matplotlib Figure (shown inline by a notebook).
     Drawn without pyplot, so it neither needs nor changes a backend (a notebook's inline one keeps working)."""
-    from matplotlib.figure import Figure
+    from cnnlab.fileio import figure
 
     epochs = [h["epoch"] for h in history]
     split = history[-1]["eval_split"] if history else "eval"
-    fig = Figure(figsize=(10, 4))
+    fig = figure(figsize=(10, 4))
     a, b = fig.subplots(1, 2)
     a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     a.plot(epochs, [h["eval_loss"] for h in history], "o-", label=split)
