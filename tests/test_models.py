@@ -73,7 +73,7 @@ def test_forward_at_the_published_input(name):
 
 # -- torchvision compatibility ---------------------------------------------------------------------------
 # every torchvision-compatible name; torchvision builds GoogLeNet and Inception v3 with aux heads when weighted
-TV_BUILDERS = {"googlenet_bn": ("googlenet", {"aux_logits": True, "init_weights": True}),
+TV_BUILDERS = {"googlenet": ("googlenet", {"aux_logits": True, "init_weights": True}),
                "inception_v3": ("inception_v3", {"aux_logits": True, "init_weights": True})}
 
 

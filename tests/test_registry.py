@@ -16,8 +16,9 @@ EXPECTED = {
     "lenet5", "lenet5_modern", "alexnet", "alexnet_paper", "zfnet", "vgg11", "vgg13", "vgg16", "vgg19",
     "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "vgg11_lrn", "vgg16_c", "vgg_cifar", "nin", "nin_cifar",
     # issue 4, exact names
-    "googlenet", "googlenet_bn", "inception_v3", "inception_v4", "inception_resnet_v2",
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet50_v1", "resnet101_v1", "resnet152_v1",
+    "googlenet", "googlenet_paper", "inception_v3", "inception_v4", "inception_resnet_v2",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnet50_paper", "resnet101_paper", "resnet152_paper",
     "plain18", "plain34", "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2",
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
     "plain20", "plain32", "plain44", "plain56", "plain110", "resnet110_sd", "wrn16_4", "wrn28_10", "wrn40_4",
@@ -32,7 +33,7 @@ def test_every_model_of_the_issue_is_registered():
 
 def test_list_models_filters_by_wildcard_and_substring():
     assert list_models("vgg1[13]") == ["vgg11", "vgg13"]
-    assert set(list_models("lenet")) == {"lenet5", "lenet5_modern", "googlenet", "googlenet_bn"}  # goog-le-net
+    assert set(list_models("lenet")) == {"lenet5", "lenet5_modern", "googlenet", "googlenet_paper"}  # goog-le-net
     assert list_models("no-such-thing") == []
 
 
@@ -53,8 +54,8 @@ def test_unknown_model_suggests_the_closest_names():
 def test_unknown_option_is_a_clear_error():
     with pytest.raises(CnnlabError, match="no option 'depth'.*towers"):
         create_model("alexnet_paper", depth=3)
-    with pytest.raises(CnnlabError, match="num_classes must be a positive"):
-        create_model("lenet5", num_classes=0)
+    with pytest.raises(CnnlabError, match="num_classes must be a positive whole number, or 0 for the model without"):
+        create_model("lenet5", num_classes=-1)
 
 
 @pytest.mark.parametrize("name", list_models())

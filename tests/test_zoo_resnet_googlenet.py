@@ -28,7 +28,7 @@ TORCHVISION = {  # our name -> (torchvision builder, its weights enum)
     "resnext101_32x8d": ("resnext101_32x8d", "ResNeXt101_32X8D_Weights"),
     "wide_resnet50_2": ("wide_resnet50_2", "Wide_ResNet50_2_Weights"),
     "wide_resnet101_2": ("wide_resnet101_2", "Wide_ResNet101_2_Weights"),
-    "googlenet_bn": ("googlenet", "GoogLeNet_Weights"),
+    "googlenet": ("googlenet", "GoogLeNet_Weights"),
 }
 
 
@@ -47,9 +47,9 @@ def test_parameter_count_and_card_match_torchvision_metadata(name):
 
 
 @pytest.mark.slow
-def test_googlenet_bn_train_mode_matches_torchvision_aux_outputs():
+def test_googlenet_train_mode_matches_torchvision_aux_outputs():
     theirs = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True).train()
-    ours = create_model("googlenet_bn").train()
+    ours = create_model("googlenet").train()
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 3, 96, 96)  # torchvision's aux heads pool adaptively, so a small input is enough
     torch.manual_seed(1)
@@ -69,21 +69,21 @@ TABLE1_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
 
 @pytest.mark.parametrize("depth", [18, 34, 101, 152])
 def test_paper_placement_reproduces_table_1_multiply_adds(depth):
-    name = f"resnet{depth}_v1" if depth >= 50 else f"resnet{depth}"
+    name = f"resnet{depth}_paper" if depth >= 50 else f"resnet{depth}"
     kw = {"shortcut": "A"} if depth < 50 else {}
     assert round(summary(name, **kw).total_macs / 1e9, 1) == TABLE1_GFLOPS[depth]
 
 
-def test_resnet50_v1_is_the_one_table_1_figure_that_does_not_round():
+def test_resnet50_paper_is_the_one_table_1_figure_that_does_not_round():
     # 3.86 G: documented on the card; if this changes, the card's note must change too
-    macs = summary("resnet50_v1").total_macs
+    macs = summary("resnet50_paper").total_macs
     assert macs == 3_857_973_248 and round(macs / 1e9, 1) == 3.9
-    assert "3.86" in model_card("resnet50_v1").figure("macs").note
+    assert "3.86" in model_card("resnet50_paper").figure("macs").note
     assert round(summary("resnet50").total_macs / 1e9, 2) == 4.09  # v1.5 costs more
 
 
 def test_stride_placement_v1_and_v15():
-    v1, v15 = create_model("resnet50_v1"), create_model("resnet50")
+    v1, v15 = create_model("resnet50_paper"), create_model("resnet50")
     for stage in ("layer2", "layer3", "layer4"):
         a, b = getattr(v1, stage)[0], getattr(v15, stage)[0]
         assert (a.conv1.stride, a.conv2.stride) == ((2, 2), (1, 1))
@@ -248,19 +248,19 @@ def test_drop_path_on_imagenet_resnets_and_eval_equals_no_drop_when_rate_zero():
 # -- GoogLeNet -------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_googlenet_inception_table_and_output_widths():
-    m = create_model("googlenet")
+    m = create_model("googlenet_paper")
     widths = {k: getattr(m, f"inception{k}").out_channels for k in INCEPTION}
     assert widths == {"3a": 256, "3b": 480, "4a": 512, "4b": 512, "4c": 512, "4d": 528, "4e": 832,
                       "5a": 832, "5b": 1024}  # Table 1's output depths
     assert m.inception3a.branch3[1].conv.kernel_size == (5, 5)  # the paper's real 5x5
-    assert create_model("googlenet_bn").inception3a.branch3[1].conv.kernel_size == (3, 3)  # torchvision's
+    assert create_model("googlenet").inception3a.branch3[1].conv.kernel_size == (3, 3)  # torchvision's
     assert m.dropout.p == 0.4 and m.aux1.dropout.p == 0.7
     assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
 
 
 def test_googlenet_table_1_recomputed():
-    assert model_card("googlenet").paper_table.rows == TABLE1  # the card carries the table as printed
-    rows = {r["row"]: r for r in paper_table_rows("googlenet")}
+    assert model_card("googlenet_paper").paper_table.rows == TABLE1  # the card carries the table as printed
+    rows = {r["row"]: r for r in paper_table_rows("googlenet_paper")}
     assert set(rows) == set(TABLE1)
     # inception 3a by hand: weights of its six convolutions, without biases
     w3a = 192 * 64 + 192 * 96 + 96 * 128 * 9 + 192 * 16 + 16 * 32 * 25 + 192 * 32
@@ -272,7 +272,7 @@ def test_googlenet_table_1_recomputed():
     # except conv1, 4c, 4d, 5a, 5b; the rendered table flags exactly these
     assert set(rows) - ops_ok == {"conv1", "inception5a"}
     assert set(rows) - params_ok == {"conv1", "inception4c", "inception4d", "inception5a", "inception5b"}
-    text = render_paper_table("googlenet")
+    text = render_paper_table("googlenet_paper")
     assert sum("  <- " in line for line in text.splitlines()) == 5
 
 
@@ -284,14 +284,14 @@ def test_googlenet_summary_prints_table_1(golden):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(["summary", "googlenet", "--depth", "1"]) in (0, None)
+        assert main(["summary", "googlenet_paper", "--depth", "1"]) in (0, None)
     out = buf.getvalue()
     assert "Table 1" in out and "K = 1024" in out
-    golden("googlenet_table1.txt", render_paper_table("googlenet") + "\n")
+    golden("googlenet_table1.txt", render_paper_table("googlenet_paper") + "\n")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["googlenet", "googlenet_bn"])
+@pytest.mark.parametrize("name", ["googlenet_paper", "googlenet"])
 def test_aux_outputs_in_training_and_logits_in_eval(name):
     m = create_model(name, num_classes=7)
     x = torch.randn(2, 3, 224, 224)
@@ -315,7 +315,7 @@ def test_trainer_weights_the_auxiliary_losses_as_the_paper():
 
 @pytest.mark.slow
 def test_googlenet_paper_aux_head_pools_5x5_stride_3():
-    m = create_model("googlenet")
+    m = create_model("googlenet_paper")
     x = torch.randn(1, 512, 14, 14)
     assert F.avg_pool2d(x, 5, stride=3).shape[-1] == 4
     assert m.aux1.fc1.in_features == 128 * 4 * 4 and m.aux2.conv.conv.in_channels == 528

@@ -6,14 +6,21 @@ import PyTorch.
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["CnnlabError", "create_model", "list_models", "model_card", "summary"]
+__all__ = ["CnnlabError", "TrainConfig", "create_model", "list_models", "model_card", "summary", "train"]
 __version__ = "0.1.0"
 
-_LAZY = {"create_model": "cnnlab.models", "list_models": "cnnlab.models", "model_card": "cnnlab.models",
-         "summary": "cnnlab.analysis.summary"}
+# create_model loads weights too (pretrained=...), so it lives with them; cnnlab.models.create_model builds only
+_LAZY = {"create_model": "cnnlab.transfer.weights", "list_models": "cnnlab.models", "model_card": "cnnlab.models",
+         "summary": "cnnlab.analysis.summary", "TrainConfig": "cnnlab.train"}
+# subpackages that are also called: cnnlab.train("lenet5", epochs=2)
+_CALLABLE = {"train"}
 
 
 def __getattr__(name: str):
+    if name in _CALLABLE:
+        import importlib
+
+        return importlib.import_module(f"cnnlab.{name}")
     if name in _LAZY:
         import importlib
 

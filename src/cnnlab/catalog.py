@@ -9,9 +9,9 @@ the Grad-CAM table, regenerate it:
 
     python -m cnnlab.catalog --write
 
-tests/test_catalog.py rebuilds each entry from the real models and fails, naming that command, when the
+tests/test_startup.py rebuilds each entry from the real models and fails, naming that command, when the
 committed table is stale. A name the table does not hold (an alias, a model added since) is answered by the
-registry itself, as before the table existed.
+registry itself, as before the table existed; an old name (``googlenet_bn``) is read as today's, with its note.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ def models(pattern: str | None = None) -> str:
 
 def card(name: str) -> str:
     """`cnnlab card NAME`: the model's card."""
+    from cnnlab.models.registry import canonical_name  # no torch: the registry imports it only to build
+
+    name = canonical_name(name)
     table = _read()
     if table is not None and name in table:
         return "".join(line + "\n" for line in table[name]["card"])

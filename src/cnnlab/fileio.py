@@ -2,10 +2,12 @@
 the target. A crash at any moment leaves the old file or the new one, never half of either; a failed write (a
 full disk) removes its temporary file and names the file asked for. And torch files read safely
 (:func:`load_torch`: ``weights_only=True``, every record's CRC-32 checked first, and one sentence when a file
-cannot be read)."""
+cannot be read). And the matplotlib figures that those writes save (:func:`figure`), made without pyplot."""
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import tempfile
 from contextlib import contextmanager
@@ -84,6 +86,39 @@ class _Writes:
 
     def flush(self) -> None:
         self.f.flush()
+
+
+@functools.cache
+def _figure_class():
+    from matplotlib.figure import Figure
+
+    class NotebookFigure(Figure):
+        def _repr_png_(self) -> bytes:  # Jupyter's own Figure formatter, where loaded, is used first
+            return png_bytes(self)
+
+    NotebookFigure.__qualname__ = "NotebookFigure"  # pickled as cnnlab.fileio.NotebookFigure: see __getattr__
+    return NotebookFigure
+
+
+def __getattr__(name: str):
+    # the class is made on first use, so that importing cnnlab does not import matplotlib
+    if name == "NotebookFigure":
+        return _figure_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def figure(**kwargs):
+    """A matplotlib Figure (``Figure(**kwargs)``) made without pyplot: no backend is chosen or switched (saving
+    draws with Agg), nothing global is left to close, a notebook does not show it twice (pyplot's figures show
+    themselves and then the returned one again), and Jupyter shows it inline even where pyplot's inline
+    backend was never loaded."""
+    return _figure_class()(**kwargs)
+
+
+def png_bytes(fig, dpi: float | None = None) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> None:

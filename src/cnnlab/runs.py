@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from cnnlab.data.view import DataView
 from cnnlab.errors import CnnlabError, CnnlabNote
 from cnnlab.fileio import atomic_save, load_torch
 
-FORMAT = "cnnlab-checkpoint-2"
+FORMAT = "cnnlab-checkpoint-3"
+FORMAT_2 = "cnnlab-checkpoint-2"  # as 3, but model names from before the naming rule ("googlenet": the paper's)
 FORMAT_1 = "cnnlab-checkpoint-1"  # model name, classes, data, recipe, ... as top-level keys
 
 
@@ -94,7 +95,7 @@ class RunInfo:
         from cnnlab.models.registry import model_card
 
         card = model_card(name)
-        return cls(name, tuple(str(i) for i in range(card.num_classes)), card.input_size[0],
+        return cls(card.name, tuple(str(i) for i in range(card.num_classes)), card.input_size[0],
                    tuple(card.input_size), "folder:", untrained=True)
 
     @classmethod
@@ -128,7 +129,7 @@ def save_checkpoint(path: Path, info: RunInfo, model_state: dict, training: dict
 
 def as_checkpoint(obj, where) -> dict | None:
     """A loaded object as a checkpoint of the current format (format 1 converted), or None if it is none."""
-    if not isinstance(obj, dict) or obj.get("format") not in (FORMAT, FORMAT_1):
+    if not isinstance(obj, dict) or obj.get("format") not in (FORMAT, FORMAT_2, FORMAT_1):
         return None
     try:
         if obj["format"] == FORMAT_1:
@@ -141,11 +142,21 @@ def as_checkpoint(obj, where) -> dict | None:
             info = RunInfo.from_dict(obj["info"])
         if "model" not in obj:
             raise KeyError("model")
+        info = _renamed(info, old=obj["format"] != FORMAT)
     except (KeyError, TypeError, ValueError) as e:
         raise CnnlabError(f"{where} is a cnnlab checkpoint with parts missing ({type(e).__name__}: {e}); it was "
                           f"not written by cnnlab train, or was edited; train again or use another checkpoint") \
             from None
     return {**obj, "format": FORMAT, "info": info}
+
+
+def _renamed(info: RunInfo, old: bool) -> RunInfo:
+    """The info with its model under today's name: old names are aliases (resnet50_v1 -> resnet50_paper), and
+    in checkpoints written before the naming rule "googlenet" was the paper's build, now googlenet_paper."""
+    from cnnlab.models.registry import ALIASES, RENAMED
+
+    name = (RENAMED.get(info.model) if old else None) or ALIASES.get(info.model, info.model)
+    return info if name == info.model else replace(info, model=name)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -189,7 +200,16 @@ def open_run(path: str | os.PathLike) -> Run:
         raise CnnlabError(f"{file} holds weights that are not finite (NaN or infinite, first in {bad}); nothing it "
                           f"computes would mean anything: use the run's best.pt or an earlier checkpoint")
     folder = file.parent if (file.parent / "config.json").is_file() else None
+    _remember_weights(model, info, str(file))
     return Run(model.eval(), info, list(ckpt.get("history") or []), file, folder)
+
+
+def _remember_weights(model, info: RunInfo, source: str) -> None:
+    """The model's config says where its weights came from and how its inputs are normalised."""
+    from cnnlab.models.registry import model_config, set_model_config
+
+    mean, std = info.view.stats()
+    set_model_config(model, replace(model_config(model), weights=source, mean=tuple(mean), std=tuple(std)))
 
 
 def open_model(source: str) -> Run:
@@ -197,9 +217,9 @@ def open_model(source: str) -> Run:
     network looks like before training."""
     import torch
 
-    from cnnlab.models.registry import list_models
+    from cnnlab.models.registry import is_model
 
-    is_path, is_name = Path(source).expanduser().exists(), source in list_models()
+    is_path, is_name = Path(source).expanduser().exists(), is_model(source)
     if is_path and is_name:  # both: the path wins, and says so
         warnings.warn(CnnlabNote(f"{source} is both a model name and a path here; opening the path ./{source} (for "
                                  f"the untrained model, run from another folder)"))

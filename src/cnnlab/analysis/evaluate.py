@@ -124,13 +124,13 @@ class EvalReport:
         self.plot(path)
         return path
 
-    def plot(self, path: Path) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    def figure(self):
+        """The confusion matrix as a matplotlib Figure (Jupyter shows it inline; ``.savefig(path)`` saves it)."""
+        from cnnlab.fileio import figure
 
         k = len(self.classes)
-        fig, ax = plt.subplots(figsize=(1.5 + 0.45 * k, 1.2 + 0.45 * k))
+        fig = figure(figsize=(1.5 + 0.45 * k, 1.2 + 0.45 * k))
+        ax = fig.subplots()
         ax.imshow(self.confusion.numpy(), cmap="Blues")
         ax.set_xticks(range(k), self.classes, rotation=90), ax.set_yticks(range(k), self.classes)
         ax.set_xlabel("predicted"), ax.set_ylabel("true")
@@ -140,8 +140,10 @@ class EvalReport:
                 for j in range(k):
                     ax.text(j, i, int(self.confusion[i, j]), ha="center", va="center", fontsize=7)
         fig.tight_layout()
-        atomic_savefig(fig, path, dpi=100)
-        plt.close(fig)
+        return fig
+
+    def plot(self, path: Path) -> None:
+        atomic_savefig(self.figure(), path, dpi=100)
 
 
 def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = None, data_dir=None,

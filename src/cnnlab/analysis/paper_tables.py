@@ -26,7 +26,8 @@ def printed_precision(value: float) -> float:
 def _table(name: str) -> PaperTable:
     table = model_card(name).paper_table
     if table is None:
-        raise CnnlabError(f"{name}'s card has no paper table; GoogLeNet's (googlenet) is the one cnnlab recomputes")
+        raise CnnlabError(f"{name}'s card has no paper table; GoogLeNet's (googlenet_paper) is the one cnnlab "
+                          f"recomputes")
     return table
 
 

@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import re
+from html import escape
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -158,6 +159,18 @@ class Summary:
     def _repr_markdown_(self) -> str:  # a notebook shows the CLI's table
         return self.markdown()
 
+    def _repr_html_(self) -> str:  # Jupyter shows the richest form it is given: HTML before markdown
+        return self.html()
+
+    def to_dataframe(self, depth: int | None = None):
+        """The rows as a pandas DataFrame, one per layer, with the columns of :meth:`csv` (numbers as numbers;
+        a receptive field not known is None). pandas is optional: ``pip install pandas``."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise CnnlabError("to_dataframe() needs pandas, which is not installed: pip install pandas") from None
+        return pd.DataFrame(self._records(depth), columns=list(self._FIELDS))
+
     def to_json(self, depth: int | None = None) -> str:
         return json.dumps(self.as_dict(depth), indent=2)
 
@@ -219,16 +232,35 @@ class Summary:
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         return "\n".join(lines) + "\n\n" + "\n".join(f"- {x}" for x in self.totals_lines()) + "\n"
 
+    def html(self, depth: int | None = None) -> str:
+        """The table of :meth:`table` as an HTML table, and its totals as a list (every text escaped)."""
+        head = "".join(f"<th style=\"text-align: {'left' if i < 3 else 'right'}\">{escape(c)}</th>"
+                       for i, c in enumerate(self._COLUMNS))
+        body = "\n".join("<tr>" + "".join(f"<td style=\"text-align: {'left' if i < 3 else 'right'}\">{escape(c)}</td>"
+                                          for i, c in enumerate(cells)) + "</tr>" for cells in self._cells(depth))
+        totals = "".join(f"<li>{escape(line)}</li>" for line in self.totals_lines())
+        return (f"<table>\n<caption style=\"text-align: left\">{escape(self.model)} on "
+                f"{escape(_shape(self.input_size))}</caption>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n"
+                f"</tbody>\n</table>\n<ul>{totals}</ul>\n")
+
+    _FIELDS = ("name", "type", "output_shape", "weights", "biases", "params", "macs", "activation_elements",
+               "activation_bytes", "rf_size", "rf_jump", "rf_start")
+
+    def _records(self, depth: int | None) -> list[tuple]:
+        """The rows of :meth:`csv` and :meth:`to_dataframe`, in the order of ``_FIELDS``."""
+        out = []
+        for r in self.visible_rows(depth):
+            rf = r.rf
+            out.append((r.name, r.type, _shape(r.output_shape), r.weights, r.biases, r.params, r.macs,
+                        r.activation_elements, r.activation_bytes, rf.size_text if rf else None,
+                        rf.jump_text if rf else None, rf.start_text if rf else None))
+        return out
+
     def csv(self, depth: int | None = None) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["name", "type", "output_shape", "weights", "biases", "params", "macs",
-                    "activation_elements", "activation_bytes", "rf_size", "rf_jump", "rf_start"])
-        for r in self.visible_rows(depth):
-            rf = r.rf
-            w.writerow([r.name, r.type, _shape(r.output_shape), r.weights, r.biases, r.params, r.macs,
-                        r.activation_elements, r.activation_bytes,
-                        rf.size_text if rf else "", rf.jump_text if rf else "", rf.start_text if rf else ""])
+        w.writerow(self._FIELDS)
+        w.writerows(self._records(depth))  # a field not known (None) is written empty
         return buf.getvalue()
 
     def render(self, fmt: str = "table", depth: int | None = None) -> str:
@@ -496,8 +528,9 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
             dtype: torch.dtype = torch.float32, **model_kwargs: Any) -> Summary:
     """Inspect ``model`` (a module or a registered name, then built with ``model_kwargs``) on one image of
     ``input_size``: (C, H, W), or torchinfo's (N, C, H, W) with the batch first, or the shape of
-    ``input_data``. Every count is for one image; ``batch_size`` (or N) is kept for what grows with it."""
-    from cnnlab.models.registry import create_model, model_card
+    ``input_data``. Every count is for one image; ``batch_size`` (or N) is kept for what grows with it.
+    A module built by :func:`cnnlab.create_model` brings its name and input size (its ``cnnlab_config``)."""
+    from cnnlab.models.registry import create_model, model_card, model_config
 
     if input_data is not None:
         if input_size is not None:
@@ -528,7 +561,10 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
             module = create_model(name, **model_kwargs)
         device = torch.device("meta")
     else:
-        module, name = model, type(model).__name__
+        # a model cnnlab built knows its name and input size; any other module is named by its class
+        config = model_config(model)
+        module, name = model, config.name if config else type(model).__name__
+        input_size = input_size or (config.input_size if config else None)
         if input_size is None:
             raise CnnlabError("input_size is required when summarising a module; e.g. (3, 224, 224)")
         input_size = tuple(input_size)

@@ -6,18 +6,16 @@ recipe) is passed in by the caller, so that models never import visualize or tra
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from cnnlab.errors import CnnlabError
-from cnnlab.models.registry import (METRICS, ModelCard, create_model, list_models, matching, model_card,
-                                    model_options)
+from cnnlab.models.registry import (METRICS, ModelCard, create_model, list_models, matching, meta_without_init,
+                                    model_card, model_options)
 
 
 def models_row(name: str) -> tuple[str, int, str, int, str]:
     """``cnnlab models``'s row of a model: name, parameters at its defaults, default input, paper year,
     description. Builds the model (without weights) to count its parameters."""
     card = model_card(name)
-    with _counting():
+    with meta_without_init():
         params = sum(p.numel() for p in create_model(name).parameters())
     return name, params, "x".join(map(str, card.input_size)), card.paper.year, card.summary
 
@@ -38,26 +36,6 @@ def render_models(pattern: str | None = None, rows: list[tuple] | None = None) -
     widths = [max(len(r[i]) for r in rows + [head[:4] + ("",)]) for i in range(4)]
     fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}"
     return "\n".join([fmt(head)] + [fmt(r) for r in rows]) + "\n"
-
-
-@contextmanager
-def _counting():
-    """Build models only to count their parameters: on the meta device (no memory) and without initialising
-    them (torch.nn.init's functions leave the tensor as it is): initialising on meta runs torch's Python
-    reference kernels, about 2 ms a call, 10+ s for the zoo."""
-    import torch
-
-    init = torch.nn.init
-    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
-    saved = {n: getattr(init, n) for n in names}
-    try:
-        for n in names:
-            setattr(init, n, lambda tensor, *args, **kwargs: tensor)
-        with torch.device("meta"):
-            yield
-    finally:
-        for n, f in saved.items():
-            setattr(init, n, f)
 
 
 def render_card(card: ModelCard, *, gradcam_layer: str, recipe=None) -> str:

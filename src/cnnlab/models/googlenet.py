@@ -8,7 +8,7 @@ concatenates them along channels:
 
 Two builds share the table:
 
-``googlenet`` is the network as published: every convolution has a bias and a ReLU and no normalisation;
+``googlenet_paper`` is the network as published: every convolution has a bias and a ReLU and no normalisation;
 local response normalisation after conv1's pool and after conv2 (the 3x3); real 5x5 branches; a 7x7 average
 pool, dropout 0.4 and a linear layer; and the two auxiliary classifiers of Sec. 5 on the outputs of 4a and
 4d: 5x5 average pool with stride 3 (giving 4x4), 1x1 convolution with 128 filters, FC 1024, dropout 0.7,
@@ -19,7 +19,7 @@ open, taken from the authors' reference (BVLC Caffe) model: max-pools round thei
 -> 56 -> 28 -> 14 -> 7, the sizes of Table 1), LRN has size 5, alpha 1e-4, beta 0.75, k 1 (Caffe divides alpha
 by the size; our layer takes the undivided alpha, so it is given 1e-4 / 5), and conv1 pads by 3.
 
-``googlenet_bn`` is torchvision's GoogLeNet and loads its weights key for key. It departs from the paper:
+``googlenet`` is torchvision's GoogLeNet and loads its weights key for key. It departs from the paper:
 batch normalisation after every convolution (and no biases), no LRN, the "5x5" branch is a 3x3 convolution
 (a known slip in the reference implementation that torchvision keeps for its weights), the last max-pool is
 2x2, the auxiliary heads pool adaptively to 4x4, and the main dropout is 0.2. 6,624,904 parameters without
@@ -27,7 +27,7 @@ the auxiliary heads (``aux_logits=False``), 13,004,888 with them.
 
 The paper's Table 1 counts parameters as weights without biases, in units of 1024 ("159K" is 163,328
 weights), and ops as multiply-adds. ``TABLE1`` holds both columns as printed; the card carries them
-(``PAPER_TABLE``), and ``cnnlab summary googlenet`` recomputes them from the model and prints them beside the
+(``PAPER_TABLE``), and ``cnnlab summary googlenet_paper`` recomputes them from the model and prints them beside the
 paper's (``cnnlab.analysis.paper_tables``).
 """
 
@@ -73,7 +73,7 @@ TABLE1 = {
 }
 # The modules of each Table 1 row, in both builds.
 TABLE1_MODULES = {"conv1": ("conv1",), "conv2": ("conv2", "conv3"), "linear": ("fc",)}
-# Table 1 on the card, for `cnnlab summary googlenet` to recompute and print beside the paper's figures. The
+# Table 1 on the card, for `cnnlab summary googlenet_paper` to recompute and print beside the paper's figures. The
 # table rounds loosely (inception4e's 840K is 847K by its own layers), so a printed figure within 1% of ours
 # is taken to follow from the layer list; the larger gaps (conv1, 4c, 4d, 5a, 5b) are the table's errors.
 PAPER_TABLE = PaperTable("Szegedy et al. 2014, Table 1", TABLE1, TABLE1_MODULES, options={"aux_logits": False},
@@ -140,7 +140,7 @@ class AuxClassifier(nn.Module):
 
 
 class GoogLeNet(nn.Module):
-    """Both builds, with torchvision's module names (so ``googlenet_bn`` loads its weights)."""
+    """Both builds, with torchvision's module names (so ``googlenet`` loads its weights)."""
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, *, paper: bool = True, aux_logits: bool = True,
                  dropout: float | None = None, transform_input: bool = False):
@@ -221,8 +221,8 @@ class GoogLeNet(nn.Module):
                options={"aux_logits": False}),
     ),
 )
-def googlenet(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = True,
-              dropout: float = 0.4) -> nn.Module:
+def googlenet_paper(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = True,
+                    dropout: float = 0.4) -> nn.Module:
     """GoogLeNet as published by Szegedy et al. (2014), "Going deeper with convolutions": Table 1, Sec. 5."""
     return GoogLeNet(num_classes, in_chans, paper=True, aux_logits=aux_logits, dropout=dropout)
 
@@ -235,8 +235,8 @@ def googlenet(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = Tru
                              params_note="without the auxiliary heads"),
     ),
 )
-def googlenet_bn(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = True, dropout: float = 0.2,
-                 transform_input: bool = False) -> nn.Module:
+def googlenet(num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = True, dropout: float = 0.2,
+              transform_input: bool = False) -> nn.Module:
     """torchvision's GoogLeNet (BatchNorm, 3x3 '5x5' branches), after Szegedy et al. (2014); loads its weights."""
     return GoogLeNet(num_classes, in_chans, paper=False, aux_logits=aux_logits, dropout=dropout,
                      transform_input=transform_input)

@@ -12,18 +12,21 @@ import difflib
 import fnmatch
 import functools
 import inspect
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, CnnlabNote
 
 if TYPE_CHECKING:  # only the annotations name nn.Module: the cards and names are read without importing torch
     from torch import nn
 
-__all__ = ["Figure", "ModelCard", "Paper", "PaperTable", "create_model", "docstring", "documented", "is_model",
-           "list_models", "matching", "model_card", "model_entrypoint", "model_options", "register_model",
-           "torchvision_figures"]
+__all__ = ["ALIASES", "Figure", "ModelCard", "ModelConfig", "Paper", "PaperTable", "canonical_name", "create_model",
+           "docstring", "documented", "head_keys", "head_names", "is_auxiliary", "is_model", "list_models",
+           "matching", "meta_without_init", "model_card", "model_config", "model_entrypoint", "model_options",
+           "register_model", "set_model_config", "torchvision_figures"]
 
 
 @dataclass(frozen=True)
@@ -181,20 +184,53 @@ def docstring(fn: Callable) -> str:
     return "" if doc is None or doc is type(fn).__doc__ else inspect.cleandoc(doc)
 
 
+# One naming rule for every family: where torchvision has an architecture, the plain name is torchvision's build
+# (so code and weights written for torchvision port by name: resnet50, googlenet, alexnet); where torchvision
+# departs from the paper, the paper's build is NAME_paper (resnet50_paper, googlenet_paper, alexnet_paper).
+# Architectures torchvision lacks keep their paper's name (lenet5, zfnet, resnet20); variants of a paper carry
+# what makes them differ (lenet5_modern, vgg11_lrn, resnet110_sd). The names used before the rule still build
+# their model, with a note: old name -> name.
+ALIASES = {
+    "googlenet_bn": "googlenet",
+    "resnet50_v1": "resnet50_paper", "resnet101_v1": "resnet101_paper", "resnet152_v1": "resnet152_paper",
+}
+# Before the rule, "googlenet" was the paper's build; checkpoints written then (formats 1 and 2) mean that one.
+RENAMED = {"googlenet": "googlenet_paper"}
+_noted: set[str] = set()
+
+
+def canonical_name(name: str) -> str:
+    """The model's name under the naming rule (:data:`ALIASES`): an old name gives its new one, with a note the
+    first time; any other name is returned as it is."""
+    new = ALIASES.get(name)
+    if new is None:
+        return name
+    if name not in _noted:
+        _noted.add(name)
+        warnings.warn(CnnlabNote(f"model {name!r} is now called {new!r} (cnnlab's one naming rule: plain names are "
+                                 f"torchvision's builds, NAME_paper the paper's where they differ); the old name "
+                                 f"still works"), stacklevel=3)
+    return new
+
+
 def _lookup(name: str) -> _Entry:
     _ensure_loaded()
+    name = canonical_name(name) if isinstance(name, str) else name
     try:
         return _REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):
+        if not isinstance(name, str):
+            raise CnnlabError(f"a model name is a string such as 'resnet18', got {type(name).__name__}") from None
         close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise CnnlabError(f"unknown model {name!r}; {hint}`cnnlab models` lists them all") from None
 
 
 def is_model(name: str) -> bool:
-    """Whether ``name`` is a registered model (``model_card`` and ``create_model`` raise for any other)."""
+    """Whether ``name`` is a registered model or an old name of one (``model_card`` and ``create_model`` raise
+    for any other)."""
     _ensure_loaded()
-    return name in _REGISTRY
+    return name in _REGISTRY or name in ALIASES
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -226,18 +262,74 @@ def model_options(name: str) -> dict:
     return {k: p.default for k, p in params.items() if k not in ("num_classes", "in_chans")}
 
 
-def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None, **kwargs) -> nn.Module:
-    """Build a registered model. ``None`` means the card's default (its paper's classes and channels)."""
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a built model is, carried on it (``model.cnnlab_config``; timm's ``model.pretrained_cfg`` holds the
+    same as a dict), so that the inspector, transfer and the pictures need not be told its name again.
+
+    ``mean`` and ``std`` are the input normalisation its weights expect, and ``weights`` where they came from;
+    both are None for freshly initialised weights (they depend on the data it will be trained on).
+    """
+
+    name: str
+    num_classes: int  # 0: headless, the model returns its pooled features (num_features of them)
+    in_chans: int
+    input_size: tuple[int, int, int]  # C x H x W the model is made for (its card's, with in_chans)
+    options: dict = field(default_factory=dict)  # create_model options as given
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    weights: str | None = None
+    num_features: int | None = None  # headless models: the width of the features
+
+    def as_dict(self) -> dict:
+        """timm's ``pretrained_cfg`` keys (``architecture``, ``input_size``, ``mean``, ``std``, ``num_classes``)
+        and cnnlab's."""
+        d = asdict(self)
+        d["architecture"], d["input_size"], d["source"] = self.name, tuple(self.input_size), self.weights
+        return d
+
+
+def model_config(model: nn.Module) -> ModelConfig | None:
+    """The :class:`ModelConfig` a model was built with (None for a module cnnlab did not build)."""
+    config = getattr(model, "cnnlab_config", None)
+    return config if isinstance(config, ModelConfig) else None
+
+
+def set_model_config(model: nn.Module, config: ModelConfig) -> nn.Module:
+    """Put ``config`` on ``model`` (as ``cnnlab_config``, and as timm's ``pretrained_cfg`` dict); returns it."""
+    model.cnnlab_config = config
+    model.pretrained_cfg = config.as_dict()
+    if config.num_features is not None:
+        model.num_features = config.num_features
+    model.num_classes = config.num_classes
+    return model
+
+
+def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None, *,
+                 pretrained: bool | None = None, **kwargs) -> nn.Module:
+    """Build a registered model with fresh weights; it carries its :class:`ModelConfig` (``model.cnnlab_config``).
+
+    ``None`` means the card's default (its paper's classes and channels). ``num_classes=0`` builds the model
+    without its classifier (timm's convention): it returns pooled features, ``model.num_features`` of them, and
+    has no auxiliary classifiers. ``kwargs`` are the model's options (``cnnlab card NAME`` lists them). Weights
+    are loaded by :func:`cnnlab.create_model` (``pretrained=True``, a weights tag or a path), which builds
+    through this function.
+    """
+    if pretrained:
+        raise CnnlabError("cnnlab.models.create_model builds architectures with fresh weights; load weights with "
+                          "cnnlab.create_model(name, pretrained=...)", params=("pretrained",))
     entry = _lookup(name)
     card = entry.card
     num_classes = card.num_classes if num_classes is None else num_classes
     in_chans = card.input_size[0] if in_chans is None else in_chans
+    headless = num_classes == 0 and not isinstance(num_classes, bool)
     # num_classes is a flag of the command line (--num-classes); in_chans is not (it comes from the data)
-    for what, value, most, says in (("num_classes", num_classes, MAX_CLASSES, 1),
+    for what, value, most, says in (("num_classes", card.num_classes if headless else num_classes, MAX_CLASSES, 1),
                                     ("in_chans", in_chans, MAX_IN_CHANS, 0)):
         said = f"`{what}`" if says else what
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CnnlabError(f"{said} must be a positive whole number, got {value!r}", params=(what,)[:says])
+            zero = ", or 0 for the model without its classifier" if what == "num_classes" else ""
+            raise CnnlabError(f"{said} must be a positive whole number{zero}, got {value!r}", params=(what,)[:says])
         if value > most:
             raise CnnlabError(f"{said} is {value:,}; cnnlab builds at most {most:,} (ImageNet-21k has 21,841 "
                               f"classes, a hyperspectral image a few hundred channels)", params=(what,)[:says])
@@ -249,7 +341,105 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
         raise CnnlabError(f"model {name!r} has no option {unknown[0]!r}; it accepts: {accepted}")
     for key, value in kwargs.items():
         _check_option(name, key, value, params[key].default)
-    return entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    given = dict(kwargs)
+    if headless and "aux_logits" in params:
+        if kwargs.get("aux_logits"):
+            raise CnnlabError(f"{card.name} without its classifier (`num_classes`=0) has no auxiliary classifiers "
+                              f"either; leave aux_logits out", params=("num_classes",))
+        kwargs["aux_logits"] = False
+    model = entry.builder(num_classes=card.num_classes if headless else num_classes, in_chans=in_chans, **kwargs)
+    features = _remove_classifier(model, card.name, kwargs, in_chans) if headless else None
+    config = ModelConfig(card.name, 0 if headless else num_classes, in_chans, (in_chans, *card.input_size[1:]),
+                         given, num_features=features)
+    return set_model_config(model, config)
+
+
+def _remove_classifier(model: nn.Module, name: str, options: dict, in_chans: int) -> int:
+    """Replace the main classifier by the identity, as timm does for ``num_classes=0``; the width of the features
+    the model now returns."""
+    from torch import nn
+
+    _replace(model, head_names(model, name, **options)[-1], nn.Identity())
+    return _feature_width(name, tuple(sorted(options.items())), in_chans)
+
+
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+@functools.lru_cache(maxsize=64)
+def _feature_width(name: str, options: tuple, in_chans: int) -> int:
+    """The shape of the headless model's output, from a copy built and run on the meta device (no memory, no
+    arithmetic)."""
+    import torch
+    from torch import nn
+
+    entry = _lookup(name)
+    with meta_without_init():
+        probe = entry.builder(num_classes=entry.card.num_classes, in_chans=in_chans, **dict(options)).eval()
+        _replace(probe, head_names(probe, name, **dict(options))[-1], nn.Identity())
+        with torch.no_grad():
+            shape = probe(torch.zeros(1, in_chans, *entry.card.input_size[1:])).shape
+    if len(shape) != 2:
+        raise CnnlabError(f"{name} without its classifier returns {tuple(shape)}, not pooled features")
+    return int(shape[1])
+
+
+def head_keys(name: str, **options) -> set[str]:
+    """The state_dict keys that depend on the class count: every classifier head, auxiliary ones included.
+    Found by building the model for two class counts on the meta device and comparing shapes."""
+    return set(_head_keys(canonical_name(name), tuple(sorted(options.items()))))
+
+
+@functools.lru_cache(maxsize=64)
+def _head_keys(name: str, options: tuple) -> frozenset[str]:
+    entry = _lookup(name)
+    with meta_without_init():
+        a = entry.builder(num_classes=7, **dict(options)).state_dict()
+        b = entry.builder(num_classes=11, **dict(options)).state_dict()
+    return frozenset(k for k in a if k in b and a[k].shape != b[k].shape)
+
+
+def head_names(model: nn.Module, name: str | None = None, **options) -> list[str]:
+    """Names of ``model``'s classifier modules, auxiliary ones first and the main head last. ``name`` and
+    ``options`` default to the model's own config."""
+    if name is None:
+        config = model_config(model)
+        if config is None:
+            raise CnnlabError(f"this {type(model).__name__} was not built by cnnlab.create_model; give the model's "
+                              f"name", params=("name",))
+        name, options = config.name, {**config.options, **options}
+    keys = head_keys(name, **options)
+    mods = {k.rsplit(".", 1)[0] for k in keys}
+    order = [n for n, _ in model.named_modules() if n in mods]
+    return sorted(order, key=lambda n: (not is_auxiliary(n), order.index(n)))
+
+
+def is_auxiliary(key: str) -> bool:
+    """Whether a module or state_dict key belongs to an auxiliary classifier (GoogLeNet's aux1, Inception's
+    AuxLogits)."""
+    return key.split(".", 1)[0].lower().startswith("aux")
+
+
+@contextmanager
+def meta_without_init():
+    """Build models only to look at their shapes: on the meta device (no memory) and without initialising them
+    (torch.nn.init's functions leave the tensor as it is): initialising on meta runs torch's Python reference
+    kernels, about 2 ms a call, 10+ s for the zoo."""
+    import torch
+
+    init = torch.nn.init
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
+    saved = {n: getattr(init, n) for n in names}
+    try:
+        for n in names:
+            setattr(init, n, lambda tensor, *args, **kwargs: tensor)
+        with torch.device("meta"):
+            yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
 
 
 # What a model may be asked to build: at most this many classes and input channels (a layer of 4096 x 100,000

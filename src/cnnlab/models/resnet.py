@@ -12,7 +12,7 @@ Where the stride sits in a bottleneck block is the one place the two common buil
 * ``resnet50``, ``resnet101``, ``resnet152`` are torchvision's ("ResNet v1.5"): the 3x3 convolution has stride
   2. They load torchvision's weights key for key. This costs more multiply-adds (4.09 G for ResNet-50) and
   is slightly more accurate.
-* ``resnet50_v1``, ``resnet101_v1``, ``resnet152_v1`` follow the paper (and the authors' released Caffe
+* ``resnet50_paper``, ``resnet101_paper``, ``resnet152_paper`` follow the paper (and the authors' released Caffe
   models): the first 1x1 convolution has stride 2. Their multiply-adds reproduce the paper's Table 1 (3.8,
   7.6, 11.3 x 10^9). The state_dict keys are the same as torchvision's, but torchvision's weights were
   trained with the other stride placement: loading them works and gives a different (worse) network.
@@ -289,14 +289,14 @@ resnet101 = _variant(
 resnet152 = _variant(
     "resnet152", PAPER, "ResNet-152 v1.5 (stride on the 3x3), torchvision-compatible",
     torchvision_figures("ResNet152_Weights", 60_192_808, 11.514, 78.312, 94.046), depth=152)
-resnet50_v1 = _variant(
-    "resnet50_v1", PAPER, "ResNet-50 as published (stride on the first 1x1)",
+resnet50_paper = _variant(
+    "resnet50_paper", PAPER, "ResNet-50 as published (stride on the first 1x1)",
     _paper_figures(50, 3.8), depth=50, stride_on="1x1")
-resnet101_v1 = _variant(
-    "resnet101_v1", PAPER, "ResNet-101 as published (stride on the first 1x1)",
+resnet101_paper = _variant(
+    "resnet101_paper", PAPER, "ResNet-101 as published (stride on the first 1x1)",
     _paper_figures(101, 7.6), depth=101, stride_on="1x1")
-resnet152_v1 = _variant(
-    "resnet152_v1", PAPER, "ResNet-152 as published (stride on the first 1x1)",
+resnet152_paper = _variant(
+    "resnet152_paper", PAPER, "ResNet-152 as published (stride on the first 1x1)",
     _paper_figures(152, 11.3), depth=152, stride_on="1x1")
 resnext50_32x4d = _variant(
     "resnext50_32x4d", RESNEXT, "ResNeXt-50 32x4d (grouped 3x3), torchvision-compatible",

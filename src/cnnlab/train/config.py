@@ -52,12 +52,28 @@ MAX_SEED = 2**63 - 1  # torch's generators take 64 bits; NumPy's no negative see
 
 @dataclass
 class RunResult:
+    """What :func:`cnnlab.train` gives back: where the run lies, how it went (``history``: one record per epoch,
+    as in metrics.jsonl), and the run itself (:meth:`open`) and its curves (:meth:`plot`)."""
+
     run_dir: Path
     epochs: int
     best_top1: float
-    final: dict
+    final: dict  # the last epoch's record
     seconds: float
     rank: int = 0  # data parallel: this process's rank (only rank 0 wrote the run folder)
+    history: list[dict] = field(default_factory=list)
+
+    def plot(self):
+        """The loss and accuracy curves as a matplotlib Figure (a notebook shows it inline; ``.savefig`` saves)."""
+        from cnnlab.train.rundir import curves_figure
+
+        return curves_figure(self.history)
+
+    def open(self):
+        """The trained run as a :class:`cnnlab.runs.Run`: its model (last checkpoint, eval mode) and what it is."""
+        from cnnlab.runs import open_run
+
+        return open_run(self.run_dir)
 
 
 # What a resumed run may change: where and how verbosely it goes on, and for how long. Every other setting is

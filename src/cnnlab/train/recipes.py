@@ -115,7 +115,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
         schedule="onecycle", augment=Augment(crop_pad=4, flip=True),
         note="random 32x32 crops of the 4-pixel zero-padded image and horizontal flips"),
     Recipe(
-        "googlenet_imagenet", ("googlenet", "googlenet_bn"), "folder:imagenet",
+        "googlenet_imagenet", ("googlenet_paper", "googlenet"), "folder:imagenet",
         "Szegedy et al. 2014, Sec. 6",
         epochs=90, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=2e-4,
         schedule="exp", gamma=0.96, decay_every=8, augment=Augment(flip=True),

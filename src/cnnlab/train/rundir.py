@@ -190,23 +190,28 @@ def repair_best(folder: Path, checkpoint: dict) -> bool:
     return True
 
 
-def write_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def curves_figure(history: list[dict]):
+    """Loss and accuracy per epoch, training and evaluation: a matplotlib Figure (shown inline by a notebook).
+    Drawn without pyplot, so it neither needs nor changes a backend (a notebook's inline one keeps working)."""
+    from cnnlab.fileio import figure
 
     epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    split = history[-1]["eval_split"] if history else "eval"
+    fig = figure(figsize=(10, 4))
+    a, b = fig.subplots(1, 2)
     a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    a.plot(epochs, [h["eval_loss"] for h in history], "o-", label=history[-1]["eval_split"])
+    a.plot(epochs, [h["eval_loss"] for h in history], "o-", label=split)
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
     b.plot(epochs, [h["train_top1"] for h in history], "o-", label="train top-1")
-    b.plot(epochs, [h["eval_top1"] for h in history], "o-", label=f"{history[-1]['eval_split']} top-1")
+    b.plot(epochs, [h["eval_top1"] for h in history], "o-", label=f"{split} top-1")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy %"), b.legend(), b.grid(alpha=0.3)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.96, wspace=0.22)  # tight_layout's margins,
     # fixed: measuring them cost 0.3 s an epoch, 60% of the figure
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def write_curves(history: list[dict], path: Path) -> None:
+    atomic_savefig(curves_figure(history), path, dpi=100)
 
 
 def write_summary(run_dir: Path, cfg: dict, history: list[dict], best: float, seconds: float) -> None:

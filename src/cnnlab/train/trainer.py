@@ -21,11 +21,12 @@ checkpoint holds (step lines of the interrupted epoch are dropped and written ag
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ from cnnlab.analysis.evaluate import topk_correct
 from cnnlab.analysis.summary import summary
 from cnnlab.data.view import DataView, OpenedData, open_data
 from cnnlab.errors import CnnlabError, CnnlabNote
-from cnnlab.models.registry import create_model, model_card
+from cnnlab.models.registry import canonical_name, create_model, model_card
 from cnnlab.runs import RunInfo, load_checkpoint, resolve
 from cnnlab.train import distributed
 from cnnlab.train.config import RunResult, TrainConfig, resumed_config
@@ -46,8 +47,27 @@ from cnnlab.train.schedule import Schedule
 from cnnlab.transfer.prepare import prepare
 
 
-def train(cfg: TrainConfig) -> RunResult:
-    """Train as configured; the process-wide determinism switch is restored afterwards."""
+def train(cfg: TrainConfig | str, /, **settings) -> RunResult:
+    """Train as configured: ``train(TrainConfig("lenet5", epochs=2))``, or ``train("lenet5", epochs=2)`` with the
+    settings of :class:`TrainConfig` as keywords. The process-wide determinism switch is restored afterwards.
+
+    In a notebook the progress bar is a widget (with ipywidgets installed; else the epoch lines alone), and the
+    stop button (``KeyboardInterrupt``) ends the run between two writes: the run folder keeps its last
+    checkpoint, and ``train(..., resume=folder)`` goes on from it."""
+    if isinstance(cfg, TrainConfig):
+        if settings:
+            raise CnnlabError(f"give the settings in the TrainConfig or as keywords, not both ({', '.join(settings)})")
+    elif isinstance(cfg, str):
+        known = {f.name for f in fields(TrainConfig)}
+        unknown = [k for k in settings if k not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise CnnlabError(f"train has no setting {unknown[0]!r}; {hint}TrainConfig lists them all")
+        cfg = TrainConfig(cfg, **settings)
+    else:
+        raise CnnlabError(f"train takes a model name or a TrainConfig, not a {type(cfg).__name__}")
+    cfg = replace(cfg, model=canonical_name(cfg.model))  # a run records today's name, never an old one
     previous = torch.are_deterministic_algorithms_enabled()
     joined = distributed.launched_by_torchrun() and not torch.distributed.is_initialized()
     try:
@@ -138,7 +158,7 @@ def _train(cfg: TrainConfig) -> RunResult:
         dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written everything
         say(f"done: best {eval_data.split} top-1 {t.best_top1:.2f}% in {seconds:.1f}s; run folder {folder.path}")
         return RunResult(folder.path, recipe.epochs, t.best_top1, t.history[-1] if t.history else {}, seconds,
-                         dist.rank)
+                         dist.rank, list(t.history))
 
 
 @dataclass
@@ -455,7 +475,16 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def _progress():
+    """rich's progress bar: in a terminal, and in a notebook as a widget where ipywidgets is installed (without it
+    rich would warn at every refresh; the epoch lines are printed either way)."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if Console().is_jupyter:
+        try:
+            import ipywidgets  # noqa: F401
+        except ImportError:
+            return None
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2f}%  "

@@ -1,5 +1,7 @@
 """Reusing what a network learned: pretrained weights, head replacement, freezing, embeddings.
 
+* :func:`create_model` (also ``cnnlab.create_model``) builds a zoo model with weights, timm's way:
+  ``pretrained=True``, a weights tag or enum member, or a path; ``num_classes=0`` for pooled features.
 * :func:`load_pretrained` fills a zoo model from a cnnlab checkpoint (a run folder or ``.pt``), a torchvision
   weights name (``"IMAGENET1K_V1"``, for the torchvision-compatible models; downloaded from torchvision's
   official URL with its hash checked when online, read from the torch hub cache when not) or a state_dict
@@ -13,6 +15,7 @@
 from cnnlab.transfer.weights import (
     TORCHVISION_WEIGHTS,
     LoadReport,
+    create_model,
     embed,
     freeze_backbone,
     heads,
@@ -23,6 +26,7 @@ from cnnlab.transfer.weights import (
 __all__ = [
     "TORCHVISION_WEIGHTS",
     "LoadReport",
+    "create_model",
     "embed",
     "freeze_backbone",
     "heads",

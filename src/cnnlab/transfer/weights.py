@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import functools
+import os
+import re
 import types
 import urllib.error
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,16 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.registry import create_model
+from cnnlab.models.registry import (canonical_name, head_keys, head_names, is_auxiliary, model_config,
+                                    set_model_config)
+from cnnlab.models.registry import create_model as _build
 
 # cnnlab name -> torchvision weights enum, for the names that use torchvision's module tree
 TORCHVISION_WEIGHTS = {
     "alexnet": "AlexNet_Weights", "vgg11": "VGG11_Weights", "vgg11_bn": "VGG11_BN_Weights",
     "vgg13": "VGG13_Weights", "vgg13_bn": "VGG13_BN_Weights", "vgg16": "VGG16_Weights",
     "vgg16_bn": "VGG16_BN_Weights", "vgg19": "VGG19_Weights", "vgg19_bn": "VGG19_BN_Weights",
-    "googlenet_bn": "GoogLeNet_Weights", "inception_v3": "Inception_V3_Weights",
+    "googlenet": "GoogLeNet_Weights", "inception_v3": "Inception_V3_Weights",
     "resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
     "resnet101": "ResNet101_Weights", "resnet152": "ResNet152_Weights",
     "resnext50_32x4d": "ResNeXt50_32X4D_Weights", "resnext101_32x8d": "ResNeXt101_32X8D_Weights",
@@ -29,7 +32,9 @@ TORCHVISION_WEIGHTS = {
     "densenet169": "DenseNet169_Weights", "densenet201": "DenseNet201_Weights",
 }
 # torchvision's GoogLeNet and Inception v3 weights expect inputs scaled to [-1, 1]; the model converts
-_TRANSFORM_INPUT = {"googlenet_bn", "inception_v3"}
+_TRANSFORM_INPUT = {"googlenet", "inception_v3"}
+# the normalisation every torchvision ImageNet classification weight expects (their transforms() say so)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -45,50 +50,54 @@ class LoadReport:
             modules = sorted({k.rsplit(".", 1)[0] for k in self.new})
             parts.append(f"new (fresh head for the new classes): {', '.join(modules)}")
         if self.unused:
-            parts.append(f"unused: {len(self.unused)} auxiliary-head tensors")
+            aux = all(map(is_auxiliary, self.unused))
+            parts.append(f"unused: {len(self.unused)} {'auxiliary-head tensors' if aux else 'classifier tensors'}")
         return "; ".join(parts)
 
 
-def _is_aux(key: str) -> bool:
-    return key.split(".", 1)[0].lower().startswith("aux")
+@dataclass(frozen=True)
+class _Weights:
+    """Weights read from a source, and what they say about themselves."""
+
+    state: dict
+    source: str  # in words, for reports and the model's config
+    classes: int | None  # their class count (None: unknown)
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    options: dict  # model options the weights were trained with (a cnnlab run's) or need (transform_input)
 
 
-def head_keys(name: str, **options) -> set[str]:
-    """The state_dict keys that depend on the class count: every classifier head, auxiliary ones included.
-    Found by building the model for two class counts on the meta device and comparing shapes."""
-    return set(_head_keys(name, tuple(sorted(options.items()))))
-
-
-@functools.lru_cache(maxsize=64)
-def _head_keys(name: str, options: tuple) -> frozenset[str]:
-    with torch.device("meta"):
-        a = create_model(name, num_classes=7, **dict(options)).state_dict()
-        b = create_model(name, num_classes=11, **dict(options)).state_dict()
-    return frozenset(k for k in a if k in b and a[k].shape != b[k].shape)
-
-
-def heads(model: nn.Module, name: str, **options) -> list[str]:
-    """Names of the head modules (main head last)."""
-    keys = head_keys(name, **options)
-    mods = {k.rsplit(".", 1)[0] for k in keys}
-    order = [n for n, _ in model.named_modules() if n in mods]
-    return sorted(order, key=lambda n: (not _is_aux(n), order.index(n)))
+def heads(model: nn.Module, name: str | None = None, **options) -> list[str]:
+    """Names of the head modules (main head last); ``name`` and ``options`` default to the model's config."""
+    return head_names(model, name, **options)
 
 
 def pretrained_options(name: str, source: str) -> dict:
     """Model options a weights source needs (torchvision's GoogLeNet/Inception weights: transform_input)."""
-    if _is_torchvision_name(source) and name in _TRANSFORM_INPUT:
+    if _is_torchvision_name(source) and canonical_name(name) in _TRANSFORM_INPUT:
         return {"transform_input": True}
     return {}
 
 
 def _is_torchvision_name(source: str) -> bool:
-    return source == "DEFAULT" or (source.isupper() and "_" in source and not Path(source).exists())
+    """A weights tag such as DEFAULT or IMAGENET1K_V1 (capitals, digits, underscores) that is not a file here."""
+    return re.fullmatch(r"[A-Z][A-Z0-9_]*", source) is not None and not Path(source).exists()
 
 
-def _read_source(name: str, source: str) -> tuple[dict, str]:
+def _source_text(source) -> str:
+    """A weights source as text: a path, a tag such as "IMAGENET1K_V1", or a torchvision weights enum member."""
+    if hasattr(source, "url") and hasattr(source, "transforms") and hasattr(source, "name"):  # ResNet18_Weights.X
+        return source.name
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    raise CnnlabError(f"weights are named by a tag such as 'IMAGENET1K_V1' or 'DEFAULT', a torchvision weights "
+                      f"enum, or the path of a run folder, checkpoint or state_dict; got {type(source).__name__}",
+                      params=("pretrained",))
+
+
+def _read_source(name: str, source: str) -> _Weights:
     if _is_torchvision_name(source):
-        return _torchvision_state_dict(name, source)
+        return _torchvision_weights(name, source)
     path = Path(source).expanduser()
     if not path.exists():
         raise CnnlabError(f"no weights at {source!r}: give a cnnlab run folder or checkpoint, a state_dict file, "
@@ -100,20 +109,29 @@ def _read_source(name: str, source: str) -> tuple[dict, str]:
     obj = load_torch(file, "weights file")
     ckpt = as_checkpoint(obj, file)
     if ckpt is not None:
-        trained = ckpt["info"].model
-        if trained != name:
-            raise CnnlabError(f"{file} holds a {trained}, not a {name}; pass `model` {trained}", params=("model",))
-        return ckpt["model"], str(file)
+        info = ckpt["info"]
+        if info.model != canonical_name(name):
+            raise CnnlabError(f"{file} holds a {info.model}, not a {name}; pass `model` {info.model}",
+                              params=("model",))
+        mean, std = info.view.stats()
+        return _Weights(ckpt["model"], str(file), info.num_classes, tuple(mean), tuple(std), dict(info.model_options))
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CnnlabError(f"{file} is neither a cnnlab checkpoint nor a state_dict of tensors")
-    return obj, str(file)
+    return _Weights(obj, str(file), _class_count(name, obj), None, None, {})
 
 
-def _torchvision_state_dict(name: str, source: str) -> tuple[dict, str]:
+def _class_count(name: str, state: dict) -> int | None:
+    """The class count of a state_dict for ``name``: the rows of its main head's first tensor."""
+    keys = sorted(k for k in head_keys(name) if not is_auxiliary(k) and k in state)
+    return int(state[keys[0]].shape[0]) if keys else None
+
+
+def _torchvision_weights(name: str, source: str) -> _Weights:
     import torchvision.models as tvm
 
+    name = canonical_name(name)
     if name not in TORCHVISION_WEIGHTS:
         raise CnnlabError(f"{name} has no torchvision weights; those are for {', '.join(TORCHVISION_WEIGHTS)}")
     enum = getattr(tvm, TORCHVISION_WEIGHTS[name])
@@ -132,34 +150,98 @@ def _torchvision_state_dict(name: str, source: str) -> tuple[dict, str]:
                           f"or pass its path instead of {source}") from None
     except RuntimeError as e:
         raise CnnlabError(f"{cached} is corrupt ({str(e).splitlines()[0]}); delete it and try again") from None
-    return sd, f"torchvision {enum.__name__}.{weights.name}"
+    return _Weights(sd, f"torchvision {enum.__name__}.{weights.name}", len(weights.meta["categories"]),
+                    IMAGENET_MEAN, IMAGENET_STD, pretrained_options(name, source))
 
 
-def load_pretrained(model: nn.Module, name: str, source: str, **options) -> LoadReport:
-    """Load ``source`` into ``model`` (a ``name`` built with ``options``); heads whose class count differs
-    stay fresh. Anything else that does not fit is another architecture: a clear error."""
-    sd, desc = _read_source(name, source)
+def load_pretrained(model: nn.Module, name: str | None, source=None, **options) -> LoadReport:
+    """Load ``source`` into ``model``; heads whose class count differs stay fresh. Anything else that does not
+    fit is another architecture: a clear error.
+
+    ``source`` is a cnnlab run folder or checkpoint, a state_dict file, or a torchvision weights tag
+    (``"IMAGENET1K_V1"``, ``"DEFAULT"``) or enum member. A model built by cnnlab knows its name and options:
+    ``load_pretrained(model, source)``; ``load_pretrained(model, name, source, **options)`` names them for any
+    other. torchvision's GoogLeNet and Inception v3 weights switch the model's ``transform_input`` on, as
+    torchvision does. The model's config (``model.cnnlab_config``) records the source and the normalisation the
+    weights expect."""
+    config = model_config(model)
+    if source is None:  # load_pretrained(model, source)
+        if config is None:
+            raise CnnlabError(f"this {type(model).__name__} was not built by cnnlab.create_model, so name it: "
+                              f"load_pretrained(model, name, source)", params=("name",))
+        name, source, options = config.name, name, {**config.options, **options}
+    name = canonical_name(name)
+    weights = _read_source(name, _source_text(source))
+    report = _load_state(model, name, weights, options)
+    if weights.options.get("transform_input") and hasattr(model, "transform_input"):
+        model.transform_input = True  # the weights expect [-1, 1] inputs; the model converts ImageNet-normalised ones
+    if config is not None:
+        set_model_config(model, replace(config, options={**config.options, **weights.options}, weights=weights.source,
+                                        mean=weights.mean, std=weights.std))
+    return report
+
+
+def _load_state(model: nn.Module, name: str, weights: _Weights, options: dict) -> LoadReport:
+    sd, desc = weights.state, weights.source
+    config = model_config(model)
+    headless = config is not None and config.num_classes == 0
     own = model.state_dict()
     head = head_keys(name, **options)
     report = LoadReport(desc)
     keep, wrong = {}, []
     for k, v in sd.items():
         if k not in own:
-            (report.unused if _is_aux(k) else wrong).append(k)
+            (report.unused if is_auxiliary(k) or (headless and k in head) else wrong).append(k)
         elif own[k].shape != v.shape:
             (report.new if k in head else wrong).append(k)
         else:
             keep[k] = v
             report.loaded.append(k)
-    missing = [k for k in own if k not in sd and not _is_aux(k) and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in sd and not is_auxiliary(k) and not k.endswith("num_batches_tracked")]
     if wrong or missing:
         example = (wrong or missing)[0]
         what = "does not fit" if wrong else "is missing"
         raise CnnlabError(f"{desc} is not a {name}: {len(wrong) + len(missing)} tensors do not match "
                           f"(e.g. {example!r} {what}); pick the model these weights were trained for")
-    report.new += [k for k in own if k not in sd and _is_aux(k)]
+    report.new += [k for k in own if k not in sd and is_auxiliary(k)]
     model.load_state_dict(keep, strict=False)
     return report
+
+
+def create_model(name: str, pretrained=False, num_classes: int | None = None, in_chans: int | None = None, *,
+                 weights=None, **options) -> nn.Module:
+    """Build a model of the zoo, with weights: timm's ``create_model`` and torchvision's ``weights=``.
+
+    ``pretrained`` (or ``weights``, torchvision's name for it) is False for fresh weights, True for the model's
+    default torchvision weights, a weights tag (``"IMAGENET1K_V1"``) or enum member
+    (``ResNet18_Weights.IMAGENET1K_V1``), or the path of a cnnlab run folder, checkpoint or state_dict. The
+    model's options that the weights need are set (``transform_input`` for torchvision's GoogLeNet and
+    Inception v3; a run's own options). ``num_classes`` None keeps the weights' classes; another count keeps
+    the backbone and gives fresh classifier heads; 0 returns the pooled features (no classifier). The model
+    carries its config: ``model.cnnlab_config`` (name, options, input size, mean/std its weights expect, their
+    source), and timm's ``model.pretrained_cfg``.
+    """
+    if weights is not None and pretrained not in (False, None):
+        raise CnnlabError("give the weights once: `pretrained` or `weights`, not both",
+                          params=("pretrained", "weights"))
+    source = weights if weights is not None else pretrained
+    if source is None or source is False:
+        return _build(name, num_classes, in_chans, **options)
+    name = canonical_name(name)
+    if source is True:
+        if name not in TORCHVISION_WEIGHTS:
+            raise CnnlabError(f"{name} has no default weights (torchvision has none for it); pass `pretrained` the "
+                              f"path of a cnnlab run or state_dict, or train one with `cnnlab train {name}`",
+                              params=("pretrained",))
+        source = "DEFAULT"
+    if hasattr(source, "url") and type(source).__name__ != TORCHVISION_WEIGHTS.get(name):
+        raise CnnlabError(f"{type(source).__name__}.{source.name} are not weights for {name}; "
+                          f"{name}'s are {TORCHVISION_WEIGHTS.get(name, 'none')}", params=("pretrained",))
+    w = _read_source(name, _source_text(source))
+    options = {**w.options, **options}
+    model = _build(name, w.classes if num_classes is None else num_classes, in_chans, **options)
+    _load_state(model, name, w, options)
+    return set_model_config(model, replace(model_config(model), weights=w.source, mean=w.mean, std=w.std))
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -219,9 +301,14 @@ def param_groups(model: nn.Module, head_names: list[str], backbone_scale: float)
     return [(head, 1.0), (backbone, backbone_scale)]
 
 
-def embed(model: nn.Module, name: str, images, batch_size: int = 256, **options) -> np.ndarray:
+def embed(model: nn.Module, name, images=None, batch_size: int = 256, **options) -> np.ndarray:
     """Penultimate-layer features: the input of the main classifier head, flattened, for preprocessed
-    ``images`` (an N x C x H x W tensor, or an iterable of such batches). Hooks are removed afterwards."""
+    ``images`` (an N x C x H x W tensor, or an iterable of such batches). Hooks are removed afterwards.
+
+    ``embed(model, images)`` for a model cnnlab built (it knows its name and options);
+    ``embed(model, name, images, **options)`` for any other."""
+    if images is None:  # embed(model, images)
+        name, images = None, name
     if isinstance(images, torch.Tensor):
         images = images.split(batch_size)
     module = model.get_submodule(heads(model, name, **options)[-1])

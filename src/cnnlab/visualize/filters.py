@@ -28,6 +28,12 @@ class Kernels:
     def __len__(self) -> int:
         return len(self.tiles)
 
+    def _repr_png_(self) -> bytes:  # a notebook shows the mosaic
+        from cnnlab.fileio import png_bytes
+        from cnnlab.visualize.plots import plot_filters
+
+        return png_bytes(plot_filters(self))
+
 
 def conv_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]

@@ -62,16 +62,30 @@ def as_batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """One image (C x H x W or 1 x C x H x W) on the model's device and dtype, its channels checked."""
     if not isinstance(x, torch.Tensor):
         raise CnnlabError(f"expected an image tensor (C x H x W), got {type(x).__name__}")
-    if x.dim() == 3:
-        x = x[None]
-    if x.dim() != 4 or x.shape[0] != 1:
+    if not (x.dim() == 3 or (x.dim() == 4 and x.shape[0] == 1)):
         raise CnnlabError(f"expected one image, C x H x W or 1 x C x H x W, got a tensor of shape {tuple(x.shape)}")
+    return as_images(model, x)[0]
+
+
+def as_images(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """One image (C x H x W) or a batch (N x C x H x W) as a batch on the model's device and dtype, its channels
+    checked, and whether it came as a batch (Captum's convention: the result is shaped like the input)."""
+    if not isinstance(x, torch.Tensor):
+        raise CnnlabError(f"expected an image tensor (C x H x W) or a batch (N x C x H x W), got {type(x).__name__}")
+    if x.dim() not in (3, 4):
+        raise CnnlabError(f"expected an image, C x H x W, or a batch, N x C x H x W, got a tensor of shape "
+                          f"{tuple(x.shape)}")
+    batched = x.dim() == 4
+    if not batched:
+        x = x[None]
+    if x.shape[0] == 0:
+        raise CnnlabError("the batch holds no images (its first dimension is 0)")
     want = in_channels(model)
     if want is not None and x.shape[1] != want:
         raise CnnlabError(f"the image has {x.shape[1]} channel{'s' * (x.shape[1] != 1)} but "
                           f"{type(model).__name__} reads {want}; give a {'grey' if want == 1 else 'colour'} image")
     device, dtype = model_device_dtype(model)
-    return x.to(device=device, dtype=dtype)
+    return x.to(device=device, dtype=dtype), batched
 
 
 def forward(model: nn.Module, x: torch.Tensor):
