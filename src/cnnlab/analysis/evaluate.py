@@ -125,12 +125,11 @@ class EvalReport:
         return path
 
     def plot(self, path: Path) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: the caller's backend stays as it is (a notebook's)
 
         k = len(self.classes)
-        fig, ax = plt.subplots(figsize=(1.5 + 0.45 * k, 1.2 + 0.45 * k))
+        fig = Figure(figsize=(1.5 + 0.45 * k, 1.2 + 0.45 * k))
+        ax = fig.subplots()
         ax.imshow(self.confusion.numpy(), cmap="Blues")
         ax.set_xticks(range(k), self.classes, rotation=90), ax.set_yticks(range(k), self.classes)
         ax.set_xlabel("predicted"), ax.set_ylabel("true")
@@ -141,7 +140,6 @@ class EvalReport:
                     ax.text(j, i, int(self.confusion[i, j]), ha="center", va="center", fontsize=7)
         fig.tight_layout()
         atomic_savefig(fig, path, dpi=100)
-        plt.close(fig)
 
 
 def evaluate(checkpoints: list[str], data: str | None = None, tta: str | None = None, data_dir=None,

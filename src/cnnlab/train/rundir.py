@@ -191,12 +191,13 @@ def repair_best(folder: Path, checkpoint: dict) -> bool:
 
 
 def write_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, not pyplot's: pyplot (and matplotlib.use) would change the backend of the caller's
+    # process, and a notebook that trains would show no more plots
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    a, b = fig.subplots(1, 2)
     a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     a.plot(epochs, [h["eval_loss"] for h in history], "o-", label=history[-1]["eval_split"])
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
@@ -206,7 +207,6 @@ def write_curves(history: list[dict], path: Path) -> None:
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.96, wspace=0.22)  # tight_layout's margins,
     # fixed: measuring them cost 0.3 s an epoch, 60% of the figure
     atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
 
 
 def write_summary(run_dir: Path, cfg: dict, history: list[dict], best: float, seconds: float) -> None:

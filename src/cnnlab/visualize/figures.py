@@ -46,21 +46,20 @@ def class_index(target: str | int | None, classes: list[str]) -> int | None:
         raise CnnlabError(f"unknown class {target!r}; give an index from 0 to {len(classes) - 1} or a name: {shown}")
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _subplots(*grid, figsize, **kw):
+    """A figure of its own and its axes, as pyplot.subplots makes them, without pyplot: pyplot (and
+    matplotlib.use) would change the backend of the caller's process, and a notebook would show no more plots."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kw)
 
 
 def _save(fig, out, default: str) -> Path:
     path = Path(out or default)
     if path.suffix.lower() != ".png":
         raise CnnlabError(f"`out` must be a .png file, got {path}", params=("out",))
-    try:
-        atomic_savefig(fig, path, dpi=100)
-    finally:
-        _plt().close(fig)
+    atomic_savefig(fig, path, dpi=100)
     return path
 
 
@@ -87,9 +86,8 @@ def filters_png(source: str, layer: str | None = None, out=None) -> Path:
     else:
         img, grid = mosaic(k.tiles, k.grid), k.grid
         what = f"{oc} kernels, {'RGB' if k.kind == 'rgb' else 'grey'}"
-    plt = _plt()
     scale = max(0.25, min(0.6, 9 / max(grid)))
-    fig, ax = plt.subplots(figsize=(max(4.5, grid[1] * scale + 0.4), max(2.0, grid[0] * scale + 0.9)))
+    fig, ax = _subplots(figsize=(max(4.5, grid[1] * scale + 0.4), max(2.0, grid[0] * scale + 0.9)))
     _show(ax, img, vmin=0, vmax=1)
     ax.set_title(f"{run.name} {k.layer}: {kh}x{kw} kernels\n{what}; each scaled to its own range", fontsize=8)
     fig.tight_layout()
@@ -102,7 +100,6 @@ def features_png(source: str, image: str, layers: list[str] | None = None, out=N
     if not layers:
         layers = feature_layers(_twin(run.info), tuple(x.shape[1:]))
     maps = feature_maps(run.model, x, layers)
-    plt = _plt()
     panels = [(f"input {Path(image).name}", display(x, run.info.view), {})]
     for name, a in maps.items():
         if a.ndim == 3:
@@ -116,7 +113,7 @@ def features_png(source: str, image: str, layers: list[str] | None = None, out=N
             img = a.reshape(1, -1)
             title = f"{name}: {a.size} units"
         panels.append((title, img, {"cmap": "viridis", "aspect": "auto" if a.ndim != 3 else "equal"}))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 3.2 * len(panels)), squeeze=False)
+    fig, axes = _subplots(len(panels), 1, figsize=(6, 3.2 * len(panels)), squeeze=False)
     for ax, (title, img, kw) in zip(axes[:, 0], panels):
         _show(ax, img, title, **kw)
     fig.suptitle(f"{run.name}: feature maps", fontsize=10)
@@ -140,10 +137,9 @@ def top9_png(source: str, layer: str, data: str | None = None, channels: list[in
     patches = res.patches(images.image)
     n, what = len(images), f"{data} {images.split}"
     per = int(np.ceil(np.sqrt(k)))
-    plt = _plt()
     cols = int(np.ceil(np.sqrt(len(res.channels))))
     rows = -(-len(res.channels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows + 0.6), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, c, tiles in zip(axes.flat, res.channels, patches):
@@ -168,8 +164,7 @@ def _attribution_png(kind: str, source: str, image: str, layer: str | None, targ
             layer = gradcam_layer(_twin(run.info), tuple(x.shape[1:]))
         att = gradcam(run.model, x, layer, t)
     img = display(x, run.info.view)
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
+    fig, axes = _subplots(1, 2, figsize=(7, 3.8))
     _show(axes[0], img, f"{Path(image).name}: predicted {classes[att.predicted]}")
     if kind == "saliency":
         _show(axes[1], att.map, "|d score / d pixel|, max over channels", cmap="hot")
