@@ -235,7 +235,8 @@ def render(rows: list[FidelityRow], fmt: str = "table", note: str = "") -> str:
         t.add_column(col, justify="right" if 2 <= i <= 4 else "left", no_wrap=True)
     for c in cells:
         t.add_row(*c)
-    console = Console(width=400, file=io.StringIO(), color_system=None)
+    # force_jupyter=False: in a notebook rich would display the table itself and leave the string empty
+    console = Console(width=400, file=io.StringIO(), color_system=None, force_jupyter=False)
     console.print(t)
     text = "\n".join(line.rstrip() for line in console.file.getvalue().splitlines())
     computed = [r for r in rows if r.agrees is not None]

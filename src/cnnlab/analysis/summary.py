@@ -220,7 +220,9 @@ class Summary:
             t.add_column(col, justify="left" if i < 3 else "right", no_wrap=True)
         for cells in self._cells(depth):
             t.add_row(*cells)
-        console = Console(width=400, file=io.StringIO(), color_system=None, legacy_windows=False)
+        # force_jupyter=False: in a notebook rich would display the table itself and leave the string empty
+        console = Console(width=400, file=io.StringIO(), color_system=None, force_jupyter=False,
+                          legacy_windows=False)
         console.print(t)
         text = "\n".join(line.rstrip() for line in console.file.getvalue().splitlines())
         return text + "\n\n" + "\n".join(self.totals_lines()) + "\n"
