@@ -1,7 +1,19 @@
+import os
 from pathlib import Path
 
-import pytest
-import torch
+# The suite runs on pytest-xdist workers (pyproject's addopts: -n auto): they share the cores, so each takes its
+# share of threads, it and the processes its tests start (the CLI, torchrun) alike. Two workers of two OpenMP
+# threads each spin against each other on a 2-core machine (a 6-epoch run took 17x longer), and a resumed run in
+# a subprocess must use the thread count of the in-process run it is compared with bit for bit.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(_share)  # before torch is imported, and inherited by subprocesses
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(_share)  # in case torch was imported before this file
 
 GOLDEN = Path(__file__).parent / "golden"
 

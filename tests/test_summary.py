@@ -390,7 +390,8 @@ def test_a_torchinfo_style_size_with_a_batch_counts_per_image_and_keeps_the_batc
     # stage 3, 8*8*64*288 then five 8*8*64*576; the classifier 64*10 (option-A shortcuts add nothing)
     by_hand = 442_368 + 6 * 2_359_296 + 1_179_648 + 5 * 2_359_296 + 1_179_648 + 5 * 2_359_296 + 640
     assert four.total_macs == data.total_macs == one.total_macs == by_hand == 40_551_040
-    assert four.batch_macs == 4 * one.total_macs and one.total_flops == one.flops == 2 * one.total_macs
+    assert four.batch_macs == four.total_mult_adds == 4 * one.total_macs  # torchinfo's name: the whole batch
+    assert one.total_flops == one.flops == 2 * one.total_macs
     assert four.to_dict()["total_flops"] == 2 * one.total_macs
     with pytest.raises(CnnlabError, match="batch_size 2 differs from the batch of input_size"):
         summary("resnet20", (4, 3, 32, 32), batch_size=2)

@@ -114,6 +114,8 @@ class Summary:
         """Multiply-adds of the whole batch (torchinfo's "Total mult-adds" for an input with a batch of N)."""
         return self.batch_size * self.total_macs
 
+    total_mult_adds = batch_macs  # torchinfo's name, for code written for it (its count adds biases and BN terms)
+
     def training_bytes(self, batch_size: int = 1) -> int:
         return 3 * self.param_bytes + 2 * batch_size * self.activation_bytes
 
