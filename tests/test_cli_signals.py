@@ -125,3 +125,35 @@ def test_sigterm_stops_training_with_its_checkpoint_whole(tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "cnnlab: terminated (SIGTERM)"
     assert "training stopped in epoch 2 of 3; --resume" in err
     assert load_checkpoint(out / "last.pt")["epoch"] >= 1
+
+
+@pytest.mark.parametrize("signum,code,words", [(signal.SIGTERM, 143, "cnnlab: terminated (SIGTERM)"),
+                                               (signal.SIGINT, 130, "cnnlab: interrupted")])
+@pytest.mark.parametrize("becomes", [AttributeError("module 'sympy' has no attribute 'logic'"),
+                                     OSError(5, "Input/output error")])
+def test_an_error_a_signal_causes_on_its_way_out_is_reported_as_the_signal(monkeypatch, capsys, signum, code,
+                                                                           words, becomes):
+    """A signal that lands inside an import (seen: SIGTERM while torch imported sympy) can come out as another
+    error, a half-imported module's AttributeError; the command still ends as the signal, in one line."""
+    from cnnlab import cli
+
+    def handler(args):
+        try:
+            signal.raise_signal(signum)  # delivered to cli's handler, as from outside
+        except KeyboardInterrupt:
+            raise becomes from None  # what a library's clean-up turned it into
+
+    real = cli._models
+    monkeypatch.setattr(cli, "_models", handler)
+    assert cli.main(["models"]) == code
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == words and "Traceback" not in err
+    # the next command starts afresh: the same error without a signal is that error
+    monkeypatch.setattr(cli, "_models", lambda args: (_ for _ in ()).throw(becomes))
+    if isinstance(becomes, OSError):
+        assert cli.main(["models"]) == 2 and "Input/output error" in capsys.readouterr().err
+    else:
+        with pytest.raises(AttributeError):
+            cli.main(["models"])
+    monkeypatch.setattr(cli, "_models", real)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back

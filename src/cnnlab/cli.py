@@ -614,8 +614,20 @@ class Terminated(KeyboardInterrupt):
     writes, its checkpoints whole); the exit code is then 128 + 15 = 143, as the shell reports a SIGTERM."""
 
 
+# The signal that stopped the command, if one did. A signal raised inside an import or a library's clean-up can
+# come out as another error (a SIGTERM in the middle of torch importing sympy left sympy half-imported, and the
+# next use of it raised AttributeError): the signal, not that error, is what the user is told.
+_received: list[KeyboardInterrupt] = []
+
+
 def _terminate(signum, frame):
-    raise Terminated()
+    _received.append(Terminated())
+    raise _received[-1]
+
+
+def _interrupt(signum, frame):
+    _received.append(KeyboardInterrupt())
+    raise _received[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -624,19 +636,29 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("stdout", "stderr"):  # started with the stream closed (`cnnlab models >&-`): Python gives None
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w"))
+    _received.clear()
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
+        # Ctrl-C as Python raises it, but remembered; a caller that ignores SIGINT keeps ignoring it
+        previous_int = signal.signal(signal.SIGINT, _interrupt) \
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
     except ValueError:  # not the main thread (a caller's thread): it keeps its own handling
-        previous = None
+        previous = previous_int = None
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_note
             return _main(argv)
     except KeyboardInterrupt as e:  # between two statements of _main, or while printing
         return _interrupted(e)
+    except Exception:
+        if _received:  # another error that the signal caused on its way out
+            return _interrupted(_received[-1])
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _interrupted(e: KeyboardInterrupt) -> int:
@@ -657,10 +679,13 @@ def _main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         out = args.handler(args)
-    except CnnlabError as e:
-        print(f"cnnlab: error: {e.speak(flag)}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a path that cannot be written or read: a folder that is a file, no permission, disk full
+    except (CnnlabError, OSError) as e:
+        if _received:  # an error that a signal caused on its way out: the signal stopped the command
+            return _interrupted(_received[-1])
+        if isinstance(e, CnnlabError):
+            print(f"cnnlab: error: {e.speak(flag)}", file=sys.stderr)
+            return 2
+        # a path that cannot be written or read: a folder that is a file, no permission, disk full
         if isinstance(e, BrokenPipeError):
             return 0
         print(f"cnnlab: error: {_os_error(e)}", file=sys.stderr)
