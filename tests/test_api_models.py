@@ -251,3 +251,13 @@ def test_cli_takes_an_old_name_with_a_note(capsys):
     out, err = capsys.readouterr()
     assert out.startswith("resnet50_paper: ResNet-50 as published")
     assert "'resnet50_v1' is now called 'resnet50_paper'" in err and "Traceback" not in err
+
+
+def test_a_run_on_a_dataset_this_cnnlab_does_not_know_still_opens(tmp_path):
+    from cnnlab.fileio import atomic_save
+    from cnnlab.runs import FORMAT, RunInfo, open_run
+
+    info = RunInfo("lenet5", tuple("0123456789"), 1, (1, 32, 32), "emnist_someday", recipe={})
+    atomic_save({"format": FORMAT, "info": info.as_dict(), "model": build("lenet5").state_dict()}, tmp_path / "r.pt")
+    cfg = open_run(tmp_path / "r.pt").model.cnnlab_config
+    assert cfg.weights == str(tmp_path / "r.pt") and cfg.mean is None and cfg.std is None

@@ -208,8 +208,11 @@ def _remember_weights(model, info: RunInfo, source: str) -> None:
     """The model's config says where its weights came from and how its inputs are normalised."""
     from cnnlab.models.registry import model_config, set_model_config
 
-    mean, std = info.view.stats()
-    set_model_config(model, replace(model_config(model), weights=source, mean=tuple(mean), std=tuple(std)))
+    try:
+        mean, std = (tuple(v) for v in info.view.stats())
+    except CnnlabError:  # a dataset this cnnlab does not know: the weights still open, without their statistics
+        mean = std = None
+    set_model_config(model, replace(model_config(model), weights=source, mean=mean, std=std))
 
 
 def open_model(source: str) -> Run:
