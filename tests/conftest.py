@@ -62,3 +62,19 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def gradcam_toy():
+    """A network whose Grad-CAM is known by hand: two channels copied through a 1x1 convolution, averaged, and
+    read by an identity classifier. Class c is the mean of channel c, so d score / d A^c = 1 / (H W), alpha_c =
+    1 / (H W), and Grad-CAM of class c at layer "0" is channel c / (H W), at the input's own resolution."""
+    from torch import nn
+
+    conv = nn.Conv2d(2, 2, 1, bias=False)
+    fc = nn.Linear(2, 2)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+        fc.weight.copy_(torch.eye(2))
+        fc.bias.zero_()
+    return nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)

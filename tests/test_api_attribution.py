@@ -12,19 +12,6 @@ from cnnlab import CnnlabError
 from cnnlab.visualize import Attribution, gradcam, hooks_left, saliency
 
 
-def _toy() -> nn.Sequential:
-    """Two channels copied through a 1x1 convolution, averaged, and read by an identity classifier: class c is
-    the mean of channel c, so d score / d A^c = 1 / (H W), alpha_c = 1 / (H W) and Grad-CAM of class c is
-    channel c / (H W), at the input's own resolution (no upsampling)."""
-    conv = nn.Conv2d(2, 2, 1, bias=False)
-    fc = nn.Linear(2, 2)
-    with torch.no_grad():
-        conv.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
-        fc.weight.copy_(torch.eye(2))
-        fc.bias.zero_()
-    return nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
-
-
 def _small_cnn() -> nn.Sequential:
     torch.manual_seed(4)
     return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.MaxPool2d(2),
@@ -119,10 +106,10 @@ def test_bad_inputs_and_normalisations_are_one_sentence():
 
 # -- normalisation, by hand ----------------------------------------------------------------------------------
 
-def test_gradcam_normalisations_on_a_toy_computed_by_hand():
+def test_gradcam_normalisations_on_a_toy_computed_by_hand(gradcam_toy):
     """A batch of two images whose channel c is a picture plus 1 everywhere: Grad-CAM of class c is
     (picture + 1) / 64, positive everywhere. "max" keeps its floor, "minmax" stretches it to 0..1."""
-    model = _toy()
+    model = gradcam_toy
     x = torch.zeros(2, 2, 8, 8)
     x[0, 0, 1:3, 1:4] = 1.0  # image 0, channel 0: a bar top-left
     x[1, 1, 5:8, 6:8] = 2.0  # image 1, channel 1: a block bottom-right

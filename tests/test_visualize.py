@@ -163,16 +163,10 @@ def test_saliency_equals_a_finite_difference_gradient():
     assert att.target == 2 and att.predicted == int(model(x[None]).argmax())
 
 
-def test_gradcam_on_a_toy_with_a_known_answer():
-    """Two channels copied through a 1x1 convolution, averaged, and read by an identity classifier: class c
-    is the mean of channel c, so its Grad-CAM is channel c's picture, and its raw map channel c / (H W)."""
-    conv = nn.Conv2d(2, 2, 1, bias=False)
-    fc = nn.Linear(2, 2)
-    with torch.no_grad():
-        conv.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
-        fc.weight.copy_(torch.eye(2))
-        fc.bias.zero_()
-    model = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+def test_gradcam_on_a_toy_with_a_known_answer(gradcam_toy):
+    """Class c of the toy is the mean of channel c, so its Grad-CAM is channel c's picture, and its raw map
+    channel c / (H W)."""
+    model, conv = gradcam_toy, gradcam_toy[0]
     x = torch.zeros(2, 8, 8)
     x[0, 1:3, 1:4] = 1.0  # a bar top-left in channel 0
     x[1, 5:8, 6:8] = 2.0  # a block bottom-right in channel 1
