@@ -78,3 +78,130 @@ def gradcam_toy():
         fc.weight.copy_(torch.eye(2))
         fc.bias.zero_()
     return nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+
+
+# ---------------------------------------------------------------------------------------- the lab (cnnlab serve)
+# tests/test_lab_*.py: a real uvicorn on a free port, driven by Playwright with Debian's Chromium (found on PATH or
+# at $CNNLAB_CHROMIUM; never downloaded). Without a Chromium the browser tests skip, except in CI (CI=true), where
+# a skipped browser test is a failure: .ci/run installs the chromium package when it is missing.
+SCREENSHOTS = Path(__file__).parent.parent / "build" / "screenshots"
+
+
+def chromium_path() -> str | None:
+    import shutil
+
+    return os.environ.get("CNNLAB_CHROMIUM") or next(
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.fixture(scope="session")
+def lab_runs(tmp_path_factory):
+    """A --runs folder with one trained LeNet-5 (1 epoch of MNIST, ~98% on the test set), trained once per
+    session whichever xdist worker asks first (the others wait on a file lock, then share the folder)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "lab-runs"
+    root.mkdir(exist_ok=True)
+    run = root / "lenet5-mnist"
+    with FileLock(str(root) + ".lock"):
+        if not (run / "last.pt").is_file():
+            import cnnlab
+
+            cnnlab.train("lenet5", epochs=1, out=str(run), quiet=True)
+    return root
+
+
+class LabServer:
+    """The lab on uvicorn in a thread, on a free port of 127.0.0.1."""
+
+    def __init__(self, runs):
+        import socket
+        import threading
+
+        import uvicorn
+
+        from cnnlab.lab import create_app
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(runs, "127.0.0.1", self.port)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        import time
+
+        t = time.time()
+        while not self.server.started:
+            assert time.time() - t < 30, "the lab did not start"
+            time.sleep(0.02)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def lab_server(lab_runs):
+    server = LabServer(lab_runs)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = chromium_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("no Chromium in CI: .ci/run installs Debian's chromium package; a skipped browser test in "
+                        "CI is a failure")
+        pytest.skip("no Chromium here: `apt-get install chromium` (Debian/Ubuntu) or set CNNLAB_CHROMIUM to a "
+                    "Chromium or Chrome binary; Playwright's own download is not used")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, lab_server, request):
+    """A fresh browser page on the lab. Every request that would leave 127.0.0.1 is blocked and fails the test;
+    so does any console error or uncaught exception. ``page.shot(name)`` saves a screenshot to
+    build/screenshots/ (the test artefacts; a few of them are in the README)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    outside, errors = [], []
+
+    def route(r):
+        url = r.request.url
+        if url.startswith(lab_server.url + "/") or url.startswith("data:") or url.startswith("blob:"):
+            r.continue_()
+        else:
+            outside.append(url)
+            r.abort()
+
+    context.route("**/*", route)
+    pg = context.new_page()
+    http_errors = []  # a 4xx the page asked for shows as a console error: expected where a test says so
+
+    def console(m):
+        if m.type == "error":
+            (http_errors if "the server responded with a status of 4" in m.text else errors).append(m.text)
+
+    pg.on("console", console)
+    pg.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    pg.lab = lab_server.url
+    pg.errors, pg.http_errors, pg.expect_http_errors = errors, http_errors, False
+
+    def shot(name: str):
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    pg.shot = shot
+    yield pg
+    context.close()
+    assert not outside, f"requests left 127.0.0.1: {outside}"
+    assert not errors, f"console errors: {errors}"
+    assert pg.expect_http_errors or not http_errors, f"requests the lab refused: {http_errors}"

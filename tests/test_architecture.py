@@ -14,12 +14,12 @@ LAYERS = [
     {"data", "models", "scratch"},
     {"runs", "platform"},
     {"analysis", "train", "transfer", "visualize"},
-    {"cli", "__main__", "catalog"},
+    {"cli", "__main__", "catalog", "lab"},
 ]
 # pairs inside a layer that must not import each other (in this direction)
 FORBIDDEN = {("transfer", "train"), ("analysis", "train"), ("analysis", "transfer"), ("analysis", "visualize"),
              ("data", "models"), ("models", "data"), ("scratch", "models"),
-             ("runs", "platform"), ("platform", "runs")}
+             ("runs", "platform"), ("platform", "runs"), ("lab", "cli"), ("catalog", "lab")}
 ALLOWED_ROOT = {"__version__"}  # the package root (cnnlab/__init__.py) may be asked for its version only
 
 

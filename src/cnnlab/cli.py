@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for declare in (models_command, card_command, summary_command, calc_command, train_command, transfer_command,
                     embed_command, recipes_command, eval_command, predict_command, data_command,
-                    visualize_command, fidelity_command, explain_command, scratch_train_command):
+                    visualize_command, fidelity_command, explain_command, scratch_train_command, serve_command):
         declare(sub)
     return p
 
@@ -585,6 +585,25 @@ def scratch_train_command(sub) -> None:
     sc.add_argument("--threads", type=_positive_int, default=1, help="NumPy BLAS threads (small products: 1 is best)")
     sc.add_argument("--data-dir", help="a folder with the four MNIST .gz files (default: the copy inside cnnlab)")
     sc.set_defaults(handler=_scratch_train)
+
+
+def serve_command(sub) -> None:
+    sv = sub.add_parser("serve", help="the web lab: zoo, layers, receptive fields, conv arithmetic, images, draw a digit")
+    sv.add_argument("--runs", help="a folder of run folders to explore (e.g. runs); none: models and weights only")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only; another is a warning)")
+    sv.add_argument("--port", type=_nonneg_int, default=8000, help="default 8000; 0 picks a free one")
+    sv.add_argument("--open", action="store_true", help="open the lab in the default browser")
+    sv.set_defaults(handler=_serve)
+
+
+def _serve(args) -> str:
+    from cnnlab.lab import serve
+
+    if args.port > 65535:
+        raise CnnlabError(f"--port must be at most 65535, got {args.port}")
+    serve(args.runs, args.host, args.port, args.open)
+    return ""
 
 
 def _scratch_train(args) -> str:
