@@ -588,7 +588,7 @@ def scratch_train_command(sub) -> None:
 
 
 def serve_command(sub) -> None:
-    sv = sub.add_parser("serve", help="the web lab: zoo, layers, receptive fields, conv arithmetic, images, draw a digit")
+    sv = sub.add_parser("serve", help="the web lab: zoo, layers, receptive fields, conv arithmetic, images, digits")
     sv.add_argument("--runs", help="a folder of run folders to explore (e.g. runs); none: models and weights only")
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1: this machine only; another is a warning)")
