@@ -70,7 +70,9 @@ def _describe(folder: Path, root: Path) -> Entry:
     except (OSError, ValueError):
         entry.problem = "its config.json cannot be read (cut short or edited)"
     ckpt = folder / "last.pt"
-    if not ckpt.is_file():
+    if ckpt.is_symlink() and not _inside(ckpt, root):
+        entry.problem = "its last.pt is a link out of --runs; the lab does not follow it"
+    elif not ckpt.is_file():
         entry.problem = entry.problem or "no checkpoint yet (a training still writing its first epoch?)"
     else:
         entry.stamp = ckpt.stat().st_mtime
@@ -160,9 +162,12 @@ class Sources:
     def open(self, source_id: str):
         """The source's :class:`~cnnlab.runs.Run` (model in eval mode), from the cache when it is there."""
         e = self.entry(source_id)
-        if e.kind == "run" and e.problem and not e.problem.startswith("it failed to open"):
+        if e.kind == "run" and e.problem:  # look again: a training may have written its first checkpoint since
+            self._problems.pop(e.id, None)
             self.scan()
             e = self._entries.get(source_id, e)
+            if e.problem:
+                raise LabError(f"the run {e.label} cannot be opened: {e.problem}", 409)
         key = (e.id, e.stamp)
         with self._lock:
             if key in self._cache:
