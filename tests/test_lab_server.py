@@ -4,7 +4,6 @@ problem, `cnnlab serve`'s flags, and pages that load nothing from outside."""
 
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
