@@ -164,3 +164,21 @@ def test_serve_flags_are_checked_before_anything_listens(tmp_path, capsys, monke
     out, err = capsys.readouterr()
     assert "warning" in err and "not only this machine" in err
     seen["sockets"][0].close()
+
+
+def test_models_are_opened_once_and_the_cache_is_bounded(tmp_path, monkeypatch):
+    from cnnlab.lab import sources as src
+
+    s = src.Sources(tmp_path)
+    loads = []
+    real = s._load
+    monkeypatch.setattr(s, "_load", lambda e: loads.append(e.id) or real(e))
+    first = s.open("model-lenet5")
+    assert s.open("model-lenet5") is first and loads == ["model-lenet5"]
+    for name in ("lenet5_modern", "resnet20", "plain20", "nin_cifar"):
+        s.open(f"model-{name}")
+    assert len(s.cached()) == src.CACHE_MODELS and "model-lenet5" not in s.cached()  # least recently used went
+    monkeypatch.setattr(src, "CACHE_BYTES", 1)  # a budget of bytes: only the newest stays
+    s.open("model-resnet20")
+    s.open("model-lenet5")
+    assert s.cached() == ["model-lenet5"]
