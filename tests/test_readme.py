@@ -9,6 +9,8 @@ How an example is compared with the real output, line by line:
 * Training examples (the main job among them) take 30-60 s to the end, too slow for the suite: the command is
   run for real until the README's first "..." (the header and epoch 1, every figure but the masked ones) and
   then stopped; the lines after "..." are the same kind of line, checked in test_train.
+* ``cnnlab serve`` runs until it is stopped: it is started (on a free port: the printed port is masked) and
+  compared up to the first "..." as the training examples are.
 * Examples that read the tour's trained run (``runs/lenet5-mnist-...``) or an image the README does not ship are
   skipped, and say so.
 """
@@ -28,7 +30,7 @@ from cnnlab.cli import main
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 _MASKS = [(re.compile(r"\b\d{8}-\d{6}\b"), "YYYYMMDD-HHMMSS"), (re.compile(r"\b[\d,]+ img/s"), "N img/s"),
-          (re.compile(r"\b\d+(\.\d+)?s\b"), "Ns")]
+          (re.compile(r"\b\d+(\.\d+)?s\b"), "Ns"), (re.compile(r"(http://127\.0\.0\.1):\d+/"), r"\1:PORT/")]
 
 
 def mask(line: str) -> str:
@@ -138,6 +140,10 @@ def test_readme_example_output_is_real(capsys, tmp_path, monkeypatch, command, e
     argv = shlex.split(command)[1:]
     if argv[0] == "train":
         return _check_training_until_the_first_elision(argv, expected.splitlines(), tmp_path)
+    if argv[0] == "serve":  # runs until stopped: its first line is compared, on a free port (8000 may be taken)
+        if "--runs" in argv:
+            (tmp_path / argv[argv.index("--runs") + 1]).mkdir()
+        return _check_training_until_the_first_elision(argv + ["--port", "0"], expected.splitlines(), tmp_path)
     code = main(argv)
     out, err = capsys.readouterr()
     stream = out if code == 0 else err
@@ -146,7 +152,7 @@ def test_readme_example_output_is_real(capsys, tmp_path, monkeypatch, command, e
 
 
 def _check_training_until_the_first_elision(argv, expected, tmp_path):
-    """Run the training command for real (in tmp_path, so runs/ lands there) and compare its output line by
+    """Run the training (or serving) command for real (in tmp_path, so runs/ lands there) and compare its output line by
     line up to the README's first "...", then stop it."""
     head = expected[:next(i for i, l in enumerate(expected) if _elided(l))]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
