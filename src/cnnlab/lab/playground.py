@@ -196,13 +196,22 @@ def unit_box(rf, cell: tuple[int, int], input_hw: tuple[int, int]) -> dict:
 
 
 def _summary(lab, source_id: str):
-    """The inspector's summary of the source's model on its own input size (cached per source and checkpoint)."""
+    """The inspector's summary of the source's model on its own input size (cached per source and checkpoint).
+    A run or an untrained model is inspected by name on the meta device, as `cnnlab summary` does (the command
+    the page shows), so the inspector's hooks never touch the cached model another page may be running;
+    torchvision's weights come with torchvision's own modules, inspected as they are."""
     from cnnlab.analysis.summary import summary
 
     entry = lab.sources.entry(source_id)
     run = lab.sources.open(entry.id)
-    return run, _SUMMARIES.get((entry.id, entry.stamp),
-                               lambda: summary(run.model, tuple(run.info.input_size)))
+    info = run.info
+
+    def inspect():
+        if entry.kind == "torchvision":
+            return summary(run.model, tuple(info.input_size))
+        return summary(info.model, tuple(info.input_size), num_classes=info.num_classes, **info.model_options)
+
+    return run, _SUMMARIES.get((entry.id, entry.stamp), inspect)
 
 
 def _layer(s, key: str):
@@ -257,6 +266,21 @@ def _rf_unit(lab, request) -> dict:
             "rf": row.rf.as_dict(), **unit_box(row.rf, cell, (h, w))}
 
 
+def _test_images(lab, source: str, run):
+    """The run's test split, or None and why not: an untrained model or torchvision's weights have none here,
+    and a run's dataset may not be on this machine (the page then draws on a stand-in instead of failing)."""
+    from cnnlab.errors import CnnlabError
+
+    if run.info.untrained:
+        return None, "an untrained model has no test images"
+    if run.info.data in ("", "folder:", "imagenet"):
+        return None, "no test images of its own on this server"
+    try:
+        return lab.sources.images(source), ""
+    except CnnlabError:
+        return None, f"the test images of {run.info.data} are not on this machine"
+
+
 def _rf_image(lab, request) -> dict:
     """The picture the fields are drawn on: test image ``k`` of a run's dataset, else a checkerboard."""
     from cnnlab.lab.pictures import image_url
@@ -264,15 +288,11 @@ def _rf_image(lab, request) -> dict:
     source = query(request, "source", "")
     run = lab.sources.open(source)
     c, h, w = run.info.input_size
-    try:
-        data = lab.sources.images(source)
-    except LabError:
-        data = None
+    data, why = _test_images(lab, source, run)
     if data is None:
         square = max(2, min(h, w) // 8)
         board = ((np.arange(h)[:, None] // square + np.arange(w)[None, :] // square) % 2) * 0.5 + 0.25
-        return {"url": image_url(board), "count": 0, "k": 0, "label": "a checkerboard (no test images: untrained)",
-                "size": [h, w]}
+        return {"url": image_url(board), "count": 0, "k": 0, "label": f"a checkerboard ({why})", "size": [h, w]}
     k = query(request, "k", 0, int, low=0, high=len(data) - 1)
     label = data.classes[int(data.dataset.labels[k])] if hasattr(data.dataset, "labels") else ""
     return {"url": image_url(data.image(k)), "count": len(data), "k": k, "size": [h, w],
@@ -335,13 +355,10 @@ def erf_inputs(lab, source: str, run, n: int):
     import torch
 
     c, h, w = run.info.input_size
-    try:
-        data = lab.sources.images(source)
-    except LabError:
-        data = None
+    data, why = _test_images(lab, source, run)
     if data is None:
         g = torch.Generator().manual_seed(0)
-        return torch.randn((n, c, h, w), generator=g), f"{n} images of standard-normal noise (seed 0)"
+        return torch.randn((n, c, h, w), generator=g), f"{n} images of standard-normal noise (seed 0; {why})"
     n = min(n, len(data))
     mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in data.view.stats())
     x = torch.stack([torch.from_numpy(np.ascontiguousarray(data.image(k))).permute(2, 0, 1) for k in range(n)])

@@ -54,6 +54,7 @@ function pickLayer(key, keepCell = false) {
   const sel = $(`#layers tbody tr.sel`);
   if (sel) sel.scrollIntoView({ block: "nearest" });
   $("#layer-name").textContent = layer.key;
+  $("#channel").max = layer.output_shape[0] - 1;
   setState({ layer: layer.key, cell: cell.join(",") });
   drawGrid();
   loadUnit();
