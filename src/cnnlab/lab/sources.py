@@ -223,7 +223,7 @@ class Sources:
         view = run.info.view
         if run.info.untrained or not view.data or view.data in ("folder:", "imagenet"):
             raise LabError(f"{run.name} has no evaluation images of its own here; upload an image instead")
-        key = (view, split)
+        key = (repr(view), split)  # a DataView holds its augment dict: not hashable itself
         with self._lock:
             if key in self._data:
                 return self._data[key]
