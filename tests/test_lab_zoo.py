@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 
 import pytest
 from starlette.testclient import TestClient
@@ -84,8 +83,7 @@ def test_unknown_model_and_bad_options_are_one_sentence(client):
     ("resnet18", ["--model-option", "shortcut=A"], {"opts": "shortcut=A"}),
     ("resnet20", ["--input", "3x64x64", "--model-option", "drop_path_rate=0.1"],
      {"input": "3x64x64", "opts": "drop_path_rate=0.1"}),
-    pytest.param("googlenet", ["--model-option", "aux_logits=False"], {"opts": "aux_logits=False"},
-                 marks=pytest.mark.slow),
+    ("googlenet", ["--model-option", "aux_logits=False"], {"opts": "aux_logits=False"}),
 ])
 def test_summary_totals_are_the_cli_totals(client, name, argv, params):
     r = client.get(f"/api/models/{name}/summary", params=params).json()
@@ -220,6 +218,12 @@ def test_zoo_page_searches_and_opens_a_card(page):
     page.shot("zoo")
 
 
+def _url_state(page) -> dict:
+    from urllib.parse import parse_qsl, urlsplit
+
+    return dict(parse_qsl(urlsplit(page.url).query))
+
+
 def _nodes(page) -> int:
     return int(page.get_attribute("#graph", "data-nodes"))
 
@@ -232,7 +236,7 @@ def test_model_page_table_graph_and_options(page):
     assert "Parameters: 11,515,688" in totals
     assert page.inner_text("#cmd").endswith("cnnlab summary resnet18 --model-option shortcut=A")
     # the shapes ride on the edges
-    assert "64x56x56" in page.inner_text("#graph svg")
+    assert "64x56x56" in page.text_content("#graph svg")
     # collapse all: one node per stage; expand a stage: its blocks appear
     page.click("#collapse")
     collapsed = _nodes(page)
@@ -251,7 +255,7 @@ def test_model_page_table_graph_and_options(page):
     page.fill("#options input[data-opt='shortcut']", "B")
     page.press("#options input[data-opt='shortcut']", "Enter")
     page.wait_for_function("document.querySelector('#totals').textContent.includes('11,689,512')")
-    assert "shortcut=B" in page.url and page.inner_text("#cmd").endswith("--model-option shortcut=B")
+    assert _url_state(page)["opts"] == "shortcut=B" and page.inner_text("#cmd").endswith("--model-option shortcut=B")
 
 
 def test_model_page_bad_option_is_one_sentence(page):
@@ -266,10 +270,13 @@ def test_model_page_googlenet_renders_fast(page):
     page.wait_for_selector("#graph svg .node")
     collapsed = _nodes(page)
     assert collapsed <= 90  # collapsed by default: the inception modules are single nodes or their branches
+    assert page.locator("#graph .box", has_text="inception4a").count() == 1  # open: its branches side by side
+    assert page.locator("#graph .node.group", has_text="inception4a.branch2").count() == 1  # a branch: closed
+    page.click("#table tr:has-text('inception3a.branch2.1.conv')")  # opens its branch and finds its node
+    assert page.get_attribute("#graph .node.sel", "data-key").startswith("n")
+    page.shot("model")
     ms = page.evaluate("""() => { const t = performance.now(); document.querySelector('#expand').click();
                                    return performance.now() - t; }""")
     assert _nodes(page) > collapsed and ms < 1000, ms
     page.click("#collapse")
-    page.click("#graph .node.group[data-row] [data-toggle] >> nth=3")
-    page.wait_for_timeout(50)
-    page.shot("model")
+    assert _nodes(page) < collapsed

@@ -40,6 +40,15 @@ def _shape(t: torch.Tensor) -> list[int]:
     return [int(s) for s in t.shape[1:]]  # per image: the batch axis dropped, as the summary writes shapes
 
 
+def _short(name: str) -> str:
+    """A node's label: its own name, with its parent's where it is a number (``downsample.0``, not ``0``)."""
+    parts = name.split(".")
+    label = parts.pop()
+    while label.isdigit() and parts:
+        label = f"{parts.pop()}.{label}"
+    return label
+
+
 def _aliases(func) -> bool:
     return any(r.alias_info is not None for r in func._schema.returns)
 
@@ -48,7 +57,8 @@ def _aliases(func) -> bool:
 class Graph:
     model: str
     input_size: tuple
-    nodes: list[dict] = field(default_factory=list)  # id, kind (input|layer|op|output), name, label, type, row, group, shapes
+    # id, kind (input|layer|op|output), name, label, type, row, group, shapes
+    nodes: list[dict] = field(default_factory=list)
     groups: dict[int, dict] = field(default_factory=dict)  # by row: name, label, type, parent, depth, inputs, outputs
     edges: list[dict] = field(default_factory=list)  # from, to (node ids), shape
 
@@ -107,7 +117,7 @@ class _Tracer(TorchDispatchMode):
         outs = _tensors(output)
         name = self.names[id(module)]
         if leaf:
-            node = self.node("layer", name, name.rsplit(".", 1)[-1], type(module).__name__, row,
+            node = self.node("layer", name, _short(name), type(module).__name__, row,
                              [_shape(t) for t in outs])
             for producer, shape in inputs:
                 self.edge(producer, node, shape)

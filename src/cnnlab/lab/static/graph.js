@@ -5,7 +5,7 @@
 // skip connection runs beside the block it skips, parallel branches side by side).
 import { esc } from "/static/common.js";
 
-const GAP_Y = 40, SEP = 22, DUMMY_W = 10, MAX_DUMMIES = 4000;
+const GAP_Y = 46, SEP = 22, DUMMY_W = 10, MAX_DUMMIES = 4000;
 const shapeText = s => (s || []).join("x");
 
 // What the server sent, indexed: each node's and group's chain of enclosing groups (outermost first).
@@ -15,7 +15,10 @@ export function prepare(data) {
   for (const g of groups.values()) { g.chain = chain(g.parent); g.level = g.chain.length; }
   for (const n of data.nodes) n.chain = n.group == null ? [] : chain(n.group);
   for (const n of data.nodes) if (n.group != null) groups.get(n.group).members++;
-  for (const g of groups.values()) if (g.parent != null) groups.get(g.parent).members++;
+  for (const g of groups.values()) if (g.parent != null) { groups.get(g.parent).members++; groups.get(g.parent).nested = true; }
+  const fanIn = new Map();
+  for (const e of data.edges) fanIn.set(e.to, (fanIn.get(e.to) || 0) + 1);
+  for (const n of data.nodes) if (n.kind === "op" && n.group != null && fanIn.get(n.id) > 1) groups.get(n.group).merge = true;
   const byRow = new Map();
   for (const n of data.nodes) if (n.row != null) byRow.set(n.row, n);
   return { ...data, groups, byRow };
@@ -52,15 +55,22 @@ export function visible(G, expanded) {
   return { nodes: [...nodes.values()].sort((x, y) => x.order - y.order), edges: [...edges.values()], boxes };
 }
 
-// The groups to expand by default: whole levels of nesting, as deep as the graph stays under `limit` nodes.
+// The groups to expand by default, level by level from the outside, as long as the graph stays under `limit`
+// nodes: at each level first the blocks where branches merge (a residual block, an Inception module), then
+// those holding other blocks, then the plain ones (conv-BN-ReLU); the first that does not fit ends it, so a
+// level is never half open in a way that hides the structure (ResNet-50: its stages open, its blocks closed).
 export function defaultExpanded(G, limit = 90) {
-  const expanded = new Set();
-  const levels = Math.max(0, ...[...G.groups.values()].map(g => g.level + 1));
+  const expanded = new Set(), all = [...G.groups.values()];
+  const kind = g => g.merge ? 0 : g.nested ? 1 : 2;
+  const levels = Math.max(0, ...all.map(g => g.level + 1));
   for (let level = 0; level < levels; level++) {
-    const trial = new Set(expanded);
-    for (const g of G.groups.values()) if (g.level === level) trial.add(g.id);
-    if (visible(G, trial).nodes.length > limit) break;
-    for (const g of trial) expanded.add(g);
+    for (let k = 0; k < 3; k++) {
+      const batch = all.filter(g => g.level === level && kind(g) === k && g.chain.every(p => expanded.has(p)));
+      if (!batch.length) continue;
+      const trial = new Set([...expanded, ...batch.map(g => g.id)]);
+      if (visible(G, trial).nodes.length > limit) return expanded;
+      batch.forEach(g => expanded.add(g.id));
+    }
   }
   return expanded;
 }
@@ -159,9 +169,23 @@ export function layout(vis) {
     }
   }
   const minX = Math.min(...V.map((v, i) => x[i] - v.w / 2));
+  // room for the frames of open blocks: a header above the rank where a block starts, a margin below its end
+  const open = new Set(vis.boxes.map(g => g.id)), first = new Map(), last = new Map();
+  for (const v of V) {
+    if (v.kind === "dummy") continue;
+    for (const g of (v.node || v.group).chain) if (open.has(g)) {
+      first.set(g, Math.min(first.get(g) ?? Infinity, v.rank)); last.set(g, Math.max(last.get(g) ?? -1, v.rank));
+    }
+  }
+  const above = new Array(L).fill(0), below = new Array(L).fill(0);
+  for (const r of first.values()) above[r] += 22;
+  for (const r of last.values()) below[r] += 8;
   const ys = [];
   let y = 34;
-  for (const layer of layers) { const h = Math.max(0, ...layer.map(v => V[v].h)); ys.push(y + h / 2); y += h + GAP_Y; }
+  layers.forEach((layer, r) => {
+    const h = Math.max(0, ...layer.map(v => V[v].h));
+    y += above[r]; ys.push(y + h / 2); y += h + GAP_Y + below[r];
+  });
   V.forEach((v, i) => { v.x = x[i] - minX + 30; v.y = ys[v.rank]; });
   const width = Math.max(...V.map(v => v.x + v.w / 2)) + 120;
   const edges = E.map(e => {
@@ -183,6 +207,16 @@ function path(pts) {
     d += ` C${x0.toFixed(1)},${(y0 + m).toFixed(1)} ${x1.toFixed(1)},${(y1 - m).toFixed(1)} ${x1.toFixed(1)},${y1.toFixed(1)}`;
   }
   return d;
+}
+
+// A frame's title within `room` pixels: the module's own name (with its parent's where it is a number, as in
+// layer1.0), then its type if there is room.
+function boxLabel(g, room) {
+  const parts = g.name.split(".");
+  let name = parts.pop();
+  while (/^\d+$/.test(name) && parts.length) name = parts.pop() + "." + name;
+  const full = `${name} · ${g.type}`;
+  return full.length * 6.2 <= room ? full : name;
 }
 
 // The SVG of a laid-out graph; `boxes` are the expanded groups, drawn around their visible members.
@@ -209,12 +243,18 @@ export function svg(lay, boxes, G) {
     const [x0, y0, x1, y1] = extent.get(g.id);
     parts.push(`<g class="box" data-group="${g.id}" data-row="${g.id}"><rect x="${x0}" y="${y0}" width="${x1 - x0}" ` +
       `height="${y1 - y0}" rx="8"/><text class="toggle control" data-toggle="${g.id}" x="${x0 + 6}" y="${y0 + 12}">⊟</text>` +
-      `<text class="boxlabel" x="${x0 + 22}" y="${y0 + 12}">${esc(g.name)} · ${esc(g.type)}</text></g>`);
+      `<text class="boxlabel" x="${x0 + 22}" y="${y0 + 12}"><title>${esc(g.name)} (${esc(g.type)})</title>` +
+      `${esc(boxLabel(g, x1 - x0 - 28))}</text></g>`);
   }
+  const labelled = new Set();  // a tensor read by several layers is labelled once, where the edges fork
   for (const e of lay.edges) {
-    const [p0, p1] = e.pts;
-    parts.push(`<g class="edge"><path d="${path(e.pts)}"/><text x="${((p0[0] + p1[0]) / 2 + 5).toFixed(1)}" ` +
-      `y="${((p0[1] + p1[1]) / 2 + 4).toFixed(1)}">${shapeText(e.shape)}</text></g>`);
+    const [p0, p1] = e.pts, t = Math.min(0.5, 14 / Math.max(1, p1[1] - p0[1]));  // just under the producer
+    const shape = shapeText(e.shape), fork = `${e.from}|${shape}`;
+    const label = labelled.has(fork) ? "" : `<text x="${(p0[0] + (p1[0] - p0[0]) * t * t * (3 - 2 * t) + 5).toFixed(1)}" ` +
+      `y="${(p0[1] + (p1[1] - p0[1]) * t + 4).toFixed(1)}">${shape}</text>`;
+    labelled.add(fork);
+    parts.push(`<g class="edge" data-from="${e.from}" data-to="${e.to}" data-shape="${shape}"><title>${shape}</title>` +
+      `<path d="${path(e.pts)}"/>${label}</g>`);
   }
   for (const v of lay.nodes) {
     const x = v.x - v.w / 2, y = v.y - v.h / 2;
