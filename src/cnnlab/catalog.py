@@ -28,7 +28,7 @@ def models(pattern: str | None = None) -> str:
     """`cnnlab models`: the table of the models matching ``pattern`` (a wildcard or a substring)."""
     from cnnlab.models.cards import render_models
 
-    table = _read()
+    table = read_table()
     if table is None:
         return render_models(pattern)
     rows = [(name, e["params"], e["input"], e["year"], e["description"]) for name, e in table.items()]
@@ -40,7 +40,7 @@ def card(name: str) -> str:
     from cnnlab.models.registry import canonical_name  # no torch: the registry imports it only to build
 
     name = canonical_name(name)
-    table = _read()
+    table = read_table()
     if table is not None and name in table:
         return "".join(line + "\n" for line in table[name]["card"])
     return live_card(name)
@@ -72,7 +72,7 @@ def build() -> dict:
     return {name: entry(name) for name in list_models()}
 
 
-def _read() -> dict | None:
+def read_table() -> dict | None:
     # None: no table here (an installation without its data file); the registry then answers, slowly but right
     try:
         return json.loads(TABLE.read_text(encoding="utf-8"))["models"]

@@ -185,7 +185,7 @@ class Summary:
             name = r.name
             rf = r.rf
             out.append([
-                name, r.type, _shape(r.output_shape),
+                name, r.type, shape_text(r.output_shape),
                 "-" if r.repeat else f"{r.weights:,}", "-" if r.repeat else f"{r.biases:,}",
                 f"{r.macs:,}", f"{r.activation_elements:,}", human_bytes(r.activation_bytes),
                 rf.size_text if rf else "?", rf.jump_text if rf else "?", rf.start_text if rf else "?",
@@ -194,7 +194,7 @@ class Summary:
 
     def totals_lines(self) -> list[str]:
         lines = [
-            f"Input: {_shape(self.input_size)} = {self.input_elements:,} elements",
+            f"Input: {shape_text(self.input_size)} = {self.input_elements:,} elements",
             f"Parameters: {self.total_params:,} (trainable {self.trainable_params:,}), "
             f"{human_bytes(self.param_bytes)}",
             f"Multiply-adds: {self.total_macs:,} ({si(self.total_macs)}MACs) = {si(self.flops)}FLOPs "
@@ -216,7 +216,7 @@ class Summary:
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title=f"{self.model} on {_shape(self.input_size)}", box=box.SIMPLE_HEAD,
+        t = Table(title=f"{self.model} on {shape_text(self.input_size)}", box=box.SIMPLE_HEAD,
                   title_justify="left", show_edge=False, pad_edge=False)
         for i, col in enumerate(self._COLUMNS):
             t.add_column(col, justify="left" if i < 3 else "right", no_wrap=True)
@@ -244,7 +244,7 @@ class Summary:
                                           for i, c in enumerate(cells)) + "</tr>" for cells in self._cells(depth))
         totals = "".join(f"<li>{escape(line)}</li>" for line in self.totals_lines())
         return (f"<table>\n<caption style=\"text-align: left\">{escape(self.model)} on "
-                f"{escape(_shape(self.input_size))}</caption>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n"
+                f"{escape(shape_text(self.input_size))}</caption>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n"
                 f"</tbody>\n</table>\n<ul>{totals}</ul>\n")
 
     _FIELDS = ("name", "type", "output_shape", "weights", "biases", "params", "macs", "activation_elements",
@@ -255,7 +255,7 @@ class Summary:
         out = []
         for r in self.visible_rows(depth):
             rf = r.rf
-            out.append((r.name, r.type, _shape(r.output_shape), r.weights, r.biases, r.params, r.macs,
+            out.append((r.name, r.type, shape_text(r.output_shape), r.weights, r.biases, r.params, r.macs,
                         r.activation_elements, r.activation_bytes, rf.size_text if rf else None,
                         rf.jump_text if rf else None, rf.start_text if rf else None))
         return out
@@ -277,9 +277,9 @@ class Summary:
         return self.table()
 
 
-def _shape(shape) -> str:
+def shape_text(shape) -> str:
     if shape and isinstance(shape[0], (list, tuple)):
-        return ", ".join(_shape(s) for s in shape)
+        return ", ".join(shape_text(s) for s in shape)
     return "x".join(str(int(s)) for s in shape)
 
 
@@ -519,7 +519,7 @@ def parse_input_size(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _check_input_size(input_size: tuple) -> None:
+def check_input_size(input_size: tuple) -> None:
     if len(input_size) != 3 or min(input_size) < 1:
         raise CnnlabError(f"input size {input_size} must be three positive numbers (channels, height, width)")
     if input_size[0] > MAX_INPUT[0] or max(input_size[1:]) > MAX_INPUT[1]:
@@ -554,7 +554,7 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
         raise CnnlabError(f"{', '.join(map(repr, model_kwargs))}: model options apply when the model is given by "
                           f"name (cnnlab.summary('resnet20', shortcut='A')); a module is already built")
     if input_size is not None:
-        _check_input_size(tuple(input_size))
+        check_input_size(tuple(input_size))
     if isinstance(model, str):
         name = model
         card = model_card(name)
@@ -574,7 +574,7 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
         input_size = tuple(input_size)
         first = next(module.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
-    _check_input_size(input_size)
+    check_input_size(input_size)
 
     x = torch.zeros((1, *input_size), dtype=dtype, device=device)
     was_training = module.training
@@ -587,8 +587,8 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
                     output = module(x)
                 except RuntimeError as e:
                     raise CnnlabError(
-                        f"{name} cannot run on a {'x'.join(map(str, input_size))} input: {_first_line(e)}; "
-                        f"try its default input {_default_input(name)}") from None
+                        f"{name} cannot run on a {'x'.join(map(str, input_size))} input: {first_line(e)}; "
+                        f"try its default input {default_input(name)}") from None
     finally:
         module.train(was_training)
 
@@ -618,10 +618,10 @@ def summary(model: nn.Module | str, input_size: tuple[int, ...] | str | None = N
     )
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
 
 
-def _default_input(name: str) -> str:
+def default_input(name: str) -> str:
     from cnnlab.models.registry import is_model, model_card
     return "x".join(map(str, model_card(name).input_size)) if is_model(name) else "(see its model card)"

@@ -36,7 +36,7 @@ def _tensors(obj) -> list[torch.Tensor]:
     return [t for t in tree_flatten(obj)[0] if isinstance(t, torch.Tensor)]
 
 
-def _shape(t: torch.Tensor) -> list[int]:
+def shape_text(t: torch.Tensor) -> list[int]:
     return [int(s) for s in t.shape[1:]]  # per image: the batch axis dropped, as the summary writes shapes
 
 
@@ -104,7 +104,7 @@ class _Tracer(TorchDispatchMode):
         self.calls += 1
         leaf = next(module.children(), None) is None
         active = not self.inside_leaf  # a module called from inside a leaf is part of that leaf
-        inputs = [(self.producer.get(t), _shape(t)) for t in _tensors(args)] if active else []
+        inputs = [(self.producer.get(t), shape_text(t)) for t in _tensors(args)] if active else []
         self.stack.append((row, leaf, inputs, module, active))
         self.inside_leaf += leaf
 
@@ -118,7 +118,7 @@ class _Tracer(TorchDispatchMode):
         name = self.names[id(module)]
         if leaf:
             node = self.node("layer", name, _short(name), type(module).__name__, row,
-                             [_shape(t) for t in outs])
+                             [shape_text(t) for t in outs])
             for producer, shape in inputs:
                 self.edge(producer, node, shape)
             for t in outs:
@@ -126,11 +126,11 @@ class _Tracer(TorchDispatchMode):
         elif self.stack:  # a container inside the model: a group
             self.graph.groups[row] = {"name": name, "label": name.rsplit(".", 1)[-1], "type": type(module).__name__,
                                       "parent": self._group(), "depth": name.count(".") + 1,
-                                      "inputs": [s for _, s in inputs], "outputs": [_shape(t) for t in outs]}
+                                      "inputs": [s for _, s in inputs], "outputs": [shape_text(t) for t in outs]}
         else:  # the model returned: its outputs flow into the output node
-            node = self.node("output", "output", "output", "", None, [_shape(t) for t in outs])
+            node = self.node("output", "output", "output", "", None, [shape_text(t) for t in outs])
             for t in outs:
-                self.edge(self.producer.get(t), node, _shape(t))
+                self.edge(self.producer.get(t), node, shape_text(t))
 
     # -- the operations a container runs itself ---------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -153,9 +153,9 @@ class _Tracer(TorchDispatchMode):
         label = _LABELS.get(base, base)
         container = self.names[id(self.stack[-1][3])]
         node = self.node("op", f"{container}:{label}" if container else label, label, "op", None,
-                         [_shape(t) for t in outs])
+                         [shape_text(t) for t in outs])
         for t in ins:
-            self.edge(self.producer[t], node, _shape(t))
+            self.edge(self.producer[t], node, shape_text(t))
         for t in outs:
             self.producer[t] = node
         return out
@@ -164,13 +164,13 @@ class _Tracer(TorchDispatchMode):
 def graph(name: str, input_size: tuple | None = None, **options) -> Graph:
     """The graph of the registered model ``name`` built with ``options`` on a ``input_size`` (C, H, W) image
     (default: its card's), as :func:`cnnlab.analysis.summary.summary` builds and runs it."""
-    from cnnlab.analysis.summary import _check_input_size, _default_input, _first_line
+    from cnnlab.analysis.summary import check_input_size, default_input, first_line
     from cnnlab.errors import CnnlabError
     from cnnlab.models.layers import textbook_ops
     from cnnlab.models.registry import create_model, model_card
 
     input_size = tuple(input_size or model_card(name).input_size)
-    _check_input_size(input_size)
+    check_input_size(input_size)
     options.setdefault("in_chans", input_size[0])
     with torch.device("meta"):
         model = create_model(name, **options)
@@ -178,7 +178,7 @@ def graph(name: str, input_size: tuple | None = None, **options) -> Graph:
     result = Graph(name, input_size)
     tracer = _Tracer({id(m): n for n, m in model.named_modules()}, result)
     x = torch.zeros((1, *input_size), device="meta")
-    tracer.producer[x] = tracer.node("input", "input", "input", "", None, [_shape(x)])
+    tracer.producer[x] = tracer.node("input", "input", "input", "", None, [shape_text(x)])
     handles = []
     try:
         for m in model.modules():
@@ -188,8 +188,8 @@ def graph(name: str, input_size: tuple | None = None, **options) -> Graph:
             try:
                 model(x)
             except RuntimeError as e:
-                raise CnnlabError(f"{name} cannot run on a {'x'.join(map(str, input_size))} input: {_first_line(e)}; "
-                                  f"try its default input {_default_input(name)}") from None
+                raise CnnlabError(f"{name} cannot run on a {'x'.join(map(str, input_size))} input: {first_line(e)}; "
+                                  f"try its default input {default_input(name)}") from None
     finally:
         for h in handles:
             h.remove()

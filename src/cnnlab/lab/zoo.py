@@ -42,10 +42,10 @@ _lock = threading.Lock()  # builds on the meta device are quick; one at a time k
 @functools.lru_cache(maxsize=1)
 def _zoo() -> dict[str, dict]:
     """Every registered model's row: the cached table's numbers and the card's paper and family."""
-    from cnnlab.catalog import _read, entry
+    from cnnlab.catalog import entry, read_table
     from cnnlab.models.registry import list_models, model_card
 
-    table = _read() or {}
+    table = read_table() or {}
     out = {}
     for name in list_models():
         e = table.get(name) or entry(name)  # a model added since the table was written: computed once
@@ -154,11 +154,11 @@ def _graph_cached(name: str, size: tuple | None, key: str):
 
 
 def _row(index: int, r) -> dict:
-    from cnnlab.analysis.summary import _shape, human_bytes
+    from cnnlab.analysis.summary import human_bytes, shape_text
 
     rf = r.rf
     return {"row": index, "name": r.name, "type": r.type, "depth": r.depth, "is_leaf": r.is_leaf,
-            "repeat": r.repeat, "output_shape": r.output_shape, "shape": _shape(r.output_shape),
+            "repeat": r.repeat, "output_shape": r.output_shape, "shape": shape_text(r.output_shape),
             "weights": r.weights, "biases": r.biases, "params": r.params, "macs": r.macs,
             "activation_elements": r.activation_elements, "activation_bytes": r.activation_bytes,
             "memory": human_bytes(r.activation_bytes), "rf": rf.size_text if rf else "?",
