@@ -218,7 +218,7 @@ class Sources:
         view = run.info.view
         if run.info.untrained or not view.data or view.data in ("folder:", "imagenet"):
             raise LabError(f"{run.name} has no evaluation images of its own here; upload an image instead")
-        key = (view, split)
+        key = (repr(view), split)  # a DataView holds a dict (its augmentation): not hashable itself
         with self._lock:
             if key in self._data:
                 return self._data[key]
