@@ -203,8 +203,11 @@ def _images(lab, request) -> dict:
     """A page of the strip: thumbnails of the test images ``offset`` .. ``offset + count``."""
     from cnnlab.lab.pictures import image_url
 
-    entry, run = _source(lab, request)
-    data = lab.sources.images(entry.id)
+    entry, run = _source(lab, request)  # a source that cannot be opened (weights not here) is the page's error
+    try:
+        data = lab.sources.images(entry.id)
+    except LabError as e:  # no test images of its own (torchvision's, an untrained model): uploads only
+        return {"total": 0, "offset": 0, "count": 0, "split": None, "data": None, "images": [], "note": str(e)}
     n = len(data)
     offset = query(request, "offset", 0, int, low=0, high=max(n - 1, 0))
     count = query(request, "count", 24, int, low=1, high=STRIP_MAX)

@@ -125,11 +125,9 @@ def note(upload: Upload, view) -> str:
         from cnnlab.data.sources import spec
 
         s = spec(view.data).size
-        if (w, h) != (s, s):
-            parts.append(f"it was resized from {w}x{h} to {s}x{s}" + (" (not keeping its proportions)"
-                                                                    if w != h else ""))
-        if view.pad_to and view.pad_to > s:
-            parts.append(f"padded to {view.pad_to}x{view.pad_to} as the run's images are")
+        if (w, h) != (s, s):  # the run's own images are s x s (then padded as they were): nothing to say
+            pad = f" (then padded to {view.pad_to}x{view.pad_to} as the run's images are)" if view.pad_to > s else ""
+            parts.append(f"it was resized from {w}x{h} to {s}x{s}{', not keeping its proportions' * (w != h)}{pad}")
     text = "; ".join(parts) + "."
     return text[0].upper() + text[1:] if parts else ""
 
