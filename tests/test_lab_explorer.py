@@ -331,8 +331,9 @@ def test_the_page_shows_a_test_image_through_lenet5(page):
     page.wait_for_selector("#strip img")
     page.locator("#strip img").nth(3).click()
     page.wait_for_function("new URLSearchParams(location.search).get('image') === '3'")
-    page.wait_for_function("document.querySelectorAll('#top5 .bar').length === 5")
-    page.wait_for_selector("#maps figure img")
+    page.wait_for_function("document.getElementById('image-name').textContent.startsWith('test image 3')")
+    page.wait_for_function("document.getElementById('cmd-features').textContent.endsWith('mnist-test-3.png --layer c1')")
+    assert page.locator("#top5 .bar").count() == 5
     assert page.locator("#maps figure").count() == 6  # c1: 6 maps
     assert page.locator("#top5 .bar").first.locator("span").first.inner_text() == "0"  # test image 3 is a 0
     assert page.locator("#cmd-features").inner_text().endswith("mnist-test-3.png --layer c1")
