@@ -238,6 +238,10 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(client):
     big = big[:8] + chunk(b"IHDR", struct.pack(">IIBBBBB", 8_000, 6_000, 8, 0, 0, 0, 0)) + big[33:]
     r = upload(client, big, "big.png")
     assert r.status_code == 400 and "8,000 x 6,000" in one_sentence(r)
+    # between Pillow's warning (89 MP) and its error (179 MP): the warning is a refusal too
+    warned = big[:8] + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 9_000, 8, 0, 0, 0, 0)) + big[33:]
+    r = upload(client, warned, "warned.png")
+    assert r.status_code == 400 and "108 megapixels" in one_sentence(r)
 
 
 def test_rgba_and_colour_are_converted_with_a_note(client, rid, run):
@@ -332,7 +336,7 @@ def test_the_page_shows_a_test_image_through_lenet5(page):
     page.locator("#strip img").nth(3).click()
     page.wait_for_function("new URLSearchParams(location.search).get('image') === '3'")
     page.wait_for_function("document.getElementById('image-name').textContent.startsWith('test image 3')")
-    page.wait_for_function("document.getElementById('cmd-features').textContent.endsWith('mnist-test-3.png --layer c1')")
+    page.wait_for_function("document.getElementById('cmd-features').textContent.endsWith('-3.png --layer c1')")
     assert page.locator("#top5 .bar").count() == 5
     assert page.locator("#maps figure").count() == 6  # c1: 6 maps
     assert page.locator("#top5 .bar").first.locator("span").first.inner_text() == "0"  # test image 3 is a 0

@@ -77,8 +77,11 @@ def decode(raw: bytes, name: str | None = None):
                 image = _to_8bit(img, shown)
     except CnnlabError:  # the lab's refusals and the library's (a mode it cannot convert): their own sentence
         raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise _too_large(shown, *_declared(raw)) from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:  # found by Pillow at open
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise LabError(f"{shown} declares {int(pixels[1]) / 1e6 if pixels else 89:,.0f} megapixels"
+                       f"{'' if pixels else ' or more'}; the lab takes images up to {MAX_PIXELS // 1_000_000} "
+                       f"megapixels: resize it first") from None
     except UnidentifiedImageError:
         raise LabError(f"{shown} is not an image the lab reads; upload a PNG, JPEG, GIF, BMP or WebP file") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure (truncated, corrupt) is the file's, said in one line
@@ -87,24 +90,9 @@ def decode(raw: bytes, name: str | None = None):
     return Upload("", shown, image, mode, fmt, alpha)
 
 
-def _declared(raw: bytes) -> tuple[int, int]:
-    """The size a file's header declares, for the message (0 x 0 when even that cannot be read)."""
-    from PIL import Image
-
-    try:
-        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        with Image.open(io.BytesIO(raw), formats=FORMATS) as img:
-            return img.size
-    except Exception:  # noqa: BLE001 - only for the message
-        return 0, 0
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
-
-
 def _too_large(name: str, w: int, h: int) -> LabError:
-    size = f"declares {w:,} x {h:,} pixels" if w and h else "declares more pixels than Pillow will decode"
-    return LabError(f"{name} {size}; the lab takes images up to {MAX_PIXELS // 1_000_000} megapixels: resize it "
-                    f"first", 400)
+    return LabError(f"{name} declares {w:,} x {h:,} pixels; the lab takes images up to {MAX_PIXELS // 1_000_000} "
+                    f"megapixels: resize it first")
 
 
 def note(upload: Upload, view) -> str:
