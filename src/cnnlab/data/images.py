@@ -55,7 +55,7 @@ def read_image(path: str | os.PathLike, mode: str = "RGB"):
                     raise CnnlabError(f"{path} is a {img.format} image; cnnlab reads {ACCEPTED} files: convert it")
                 img.seek(0)  # an animated GIF or a multi-page TIFF: the first frame
                 img.load()
-                return _to_8bit(img, path).convert(mode)
+                return to_8bit(img, path).convert(mode)
     except CnnlabError:
         raise
     except UnidentifiedImageError:
@@ -70,7 +70,7 @@ def read_image(path: str | os.PathLike, mode: str = "RGB"):
         raise CnnlabError(f"{path} is truncated or corrupt ({why}); {FIX}") from None
 
 
-def _to_8bit(img, path: Path):
+def to_8bit(img, path: Path):
     """``img`` as an RGB or L image, whatever its mode."""
     import numpy as np
     from PIL import Image

@@ -147,12 +147,19 @@ def open_data(view: DataView, split: str, *, train: bool = False, batch_size: in
 def load_image(path, view: DataView) -> torch.Tensor:
     """An image file as a network of ``view`` sees it: 1 x C x H x W, preprocessed as its evaluation images are
     (resized to the dataset's size and padded, or the image-folder protocol's resize and centre crop)."""
+    from cnnlab.data.images import read_image
+
+    return prepare_image(read_image(path, "L" if view.channels == 1 else "RGB"), view)
+
+
+def prepare_image(img, view: DataView) -> torch.Tensor:
+    """A Pillow image of the view's mode ("L" for one channel, else "RGB") as :func:`load_image` prepares a file
+    (the lab's uploads come this way: decoded from memory, prepared the same)."""
     from torchvision.transforms.v2 import functional as TF
 
-    from cnnlab.data.images import read_image
     from cnnlab.data.memory import pad_to, preprocess
 
-    img = TF.pil_to_tensor(read_image(path, "L" if view.channels == 1 else "RGB"))
+    img = TF.pil_to_tensor(img)
     if view.is_folder:
         from cnnlab.data.folder import transforms
 
