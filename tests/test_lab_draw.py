@@ -240,7 +240,7 @@ QUICK = ["lenet5", "--epochs", "1", "--train-limit", "2000"]  # ~5 s: a run fold
 def test_training_button_trains_then_switches(browser, tmp_path, monkeypatch):
     """A lab with no run offers the training; the click starts `cnnlab train` in a subprocess (shortened here),
     a second request while it runs gets the same job, and the page switches to the new run when it finishes."""
-    from conftest import LabServer
+    from conftest import SCREENSHOTS, LabServer
 
     monkeypatch.setattr(digits, "TRAIN_ARGS", QUICK)
     server = LabServer(tmp_path)
@@ -261,6 +261,8 @@ def test_training_button_trains_then_switches(browser, tmp_path, monkeypatch):
         page.goto(server.url + "/draw")
         page.wait_for_selector("#train-go:visible")
         assert "--epochs 1 --train-limit 2000" in page.inner_text("#train-cmd")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "draw-train.png"), full_page=True)
         page.click("#train-go")
         page.wait_for_selector("#train-state:has-text('epoch'), #train-state:has-text('starting')")
         again = page.evaluate("""async () => (await Promise.all([1, 2].map(() => fetch('/api/draw/train',

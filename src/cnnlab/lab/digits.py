@@ -158,10 +158,11 @@ def shown_layers(model: nn.Module, input_size) -> list[dict]:
 
 
 def layer_scales(run, layers: list[str]) -> dict[str, tuple[float, float]]:
-    """One colour scale per layer, fixed for the run: the 0.1% and 99.9% quantiles of the layer's outputs on
-    the first test images, so a map keeps its colours while the drawing changes and maps of one layer compare.
-    A scale that straddles 0 is made symmetric (a diverging map: red positive, blue negative). Empty when the
-    test images cannot be opened (the maps are then scaled by the drawing's own range)."""
+    """One colour scale per layer, fixed for the run: the 1% and 99% quantiles of the layer's outputs on the
+    first test images (the rare larger values saturate rather than wash every map out), so a map keeps its
+    colours while the drawing changes and the maps of one layer compare. A scale that straddles 0 is made
+    symmetric (a diverging map: red positive, blue negative). Empty when the test images cannot be opened (the
+    maps then take each drawing's own range)."""
     from cnnlab.data.memory import load, pad_to, preprocess
     from cnnlab.errors import CnnlabError
     from cnnlab.visualize.hooks import capture
@@ -178,7 +179,7 @@ def layer_scales(run, layers: list[str]) -> dict[str, tuple[float, float]]:
         for name in layers:
             a = cap.outputs[name].float().flatten()
             a = a[torch.randperm(a.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
-            lo, hi = (float(v) for v in torch.quantile(a, torch.tensor([0.001, 0.999])))
+            lo, hi = (float(v) for v in torch.quantile(a, torch.tensor([0.01, 0.99])))
             out[name] = _symmetric(lo, hi)
     return out
 
