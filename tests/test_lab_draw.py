@@ -320,3 +320,27 @@ def test_drawing_a_seven_and_a_one(page, lab_runs):
     draw(page, [[(150, 40), (135, 245)]])  # a 1, slightly slanted
     page.wait_for_function(TOP_IS, arg="1", timeout=10_000)
     assert top_class(page) == "1"
+
+
+def test_views_of_one_model_at_once_do_not_mix(client, source, mnist):
+    """Two tabs drawing at once on one run: the hooks sit on the shared model, so each view must get its own
+    drawing's outputs (a per-model lock), whatever the interleaving."""
+    import threading
+
+    rng = np.random.default_rng(4)
+    bodies = [body(source, drawn(mnist.images[i, 0].numpy(), rng, 140)) for i in range(6)]
+    alone = [client.post("/api/draw/predict", json=b, headers=ORIGIN).json() for b in bodies]
+    mixed = []
+
+    def work(i):
+        for _ in range(8):
+            r = client.post("/api/draw/predict", json=bodies[i], headers=ORIGIN).json()
+            if r["top"] != alone[i]["top"] or r["layers"][0]["maps"] != alone[i]["layers"][0]["maps"]:
+                mixed.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not mixed

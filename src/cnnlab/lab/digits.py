@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -141,6 +142,16 @@ def network_input(digit: np.ndarray, view) -> torch.Tensor:
 
 _PROBES: OrderedDict[tuple, dict] = OrderedDict()
 _PROBES_LOCK = threading.Lock()
+_MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_lock(model: nn.Module) -> threading.Lock:
+    """One lock per opened model: hooks are put on the model's modules, so two views of one model at once (two
+    tabs) would see each other's outputs; each view takes milliseconds, so they simply take turns."""
+    with _PROBES_LOCK:
+        if model not in _MODEL_LOCKS:
+            _MODEL_LOCKS[model] = threading.Lock()
+        return _MODEL_LOCKS[model]
 
 
 def shown_layers(model: nn.Module, input_size) -> list[dict]:
@@ -173,7 +184,7 @@ def layer_scales(run, layers: list[str]) -> dict[str, tuple[float, float]]:
         return {}
     mean, std = run.info.view.stats()
     x = preprocess(pad_to(images, run.info.view.pad_to), mean, std)
-    with capture(run.model, layers) as cap, torch.no_grad():
+    with model_lock(run.model), capture(run.model, layers) as cap, torch.no_grad():
         run.model(x)
         out = {}
         for name in layers:
@@ -223,7 +234,7 @@ def read(model: nn.Module, x: torch.Tensor, layers: list[str], cam_layer: str):
 
     names = list(dict.fromkeys([*layers, cam_layer]))
     x = x.detach().requires_grad_(True)  # the input joins the graph, so a frozen model still has one
-    with capture(model, names) as cap, torch.enable_grad():
+    with model_lock(model), capture(model, names) as cap, torch.enable_grad():
         logits = model(x)
         cap.check()
         outputs = {n: cap.outputs[n][0].float() for n in names}
