@@ -4,11 +4,19 @@ app's own endpoints in this process (Starlette's TestClient: no network, the sam
 
     python benchmarks/lab.py [--runs 5] [--threads 2] [--layers conv1 layer1 layer4] [--json FILE]
 
+In a real headless Chromium (``--chromium``, default: chromium on PATH), each page from navigation until the
+page's last request on load has answered, the model page on GoogLeNet (table, totals and graph).
+
 The ResNet-50 is ``model-resnet50``: its untrained weights (seed 0), since torchvision's weights may not be on
 this machine; the arithmetic is the same as with trained weights, so the time is too. The image is a 640x480
 JPEG upload (resized and centre-cropped to 224x224 as ``cnnlab predict`` does). Each figure is the median of
 --runs runs with the min-max spread, after one warm-up view (the first, which also builds the model, is shown
 apart). The goal: page loads under 1 s, the view under 3 s on 2 CPU cores.
+
+Draw a digit: one update of the page (a 140x140 drawing of a 7 -> MNIST preparation, LeNet-5's forward with
+every layer's maps, Grad-CAM's backward, the pictures) through ``/api/draw/predict``, against a LeNet-5 run
+(``--draw-run RUN``, or one epoch of the main job trained first into a temporary folder, ~15 s). The goal:
+under 150 ms on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -74,6 +83,102 @@ def synthetic_jpeg() -> bytes:
     return buf.getvalue()
 
 
+def seven(n: int = 140):
+    """A 7 drawn on an n x n canvas as the page sends it: white strokes on black, a brush about 2/25 of it."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (n, n))
+    d = ImageDraw.Draw(img)
+    w = max(2, n * 2 // 25)
+    d.line([(0.25 * n, 0.22 * n), (0.72 * n, 0.22 * n), (0.45 * n, 0.82 * n)], fill=255, width=w, joint="curve")
+    return np.asarray(img)
+
+
+# From navigation start until the page's last answer arrived or its load event ended, whichever is later
+# (Playwright's "networkidle" itself waits 500 ms of quiet, which is not the page's time).
+SHOWN = """() => Math.max(performance.getEntriesByType("navigation")[0].loadEventEnd,
+                 ...performance.getEntriesByType("resource").map(r => r.responseEnd))"""
+
+
+def browser_loads(args) -> list[str]:
+    """Each page in a real headless Chromium on uvicorn, from navigation until its last request on load has
+    answered (see SHOWN); the model page shows GoogLeNet."""
+    if not args.chromium:
+        return ["(no Chromium: in-browser page times skipped; --chromium PATH)"]
+    import socket
+    import threading
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from cnnlab.lab import create_app
+    from cnnlab.lab.app import PAGES
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(None, port=port), log_level="warning"))
+    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+    while not server.started:
+        time.sleep(0.02)
+    out = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
+            page = browser.new_page()
+            for path in PAGES:
+                url = f"http://127.0.0.1:{port}{path}" + ("?name=googlenet" if path == "/model" else "")
+                page.goto(url, wait_until="networkidle")  # warm-up: the model built, the catalog read
+                t = []
+                for _ in range(args.runs):
+                    page.goto(url, wait_until="networkidle")
+                    t.append(page.evaluate(SHOWN) / 1000)
+                out.append(row(f"in Chromium: {path}{'?name=googlenet' if path == '/model' else ''}", t, 1.0))
+            browser.close()
+    finally:
+        server.should_exit = True
+    return out
+
+
+def draw_updates(args) -> list[str]:
+    import base64
+    import shutil
+    import tempfile
+
+    from starlette.testclient import TestClient
+
+    from cnnlab.lab import create_app
+    from cnnlab.lab.sources import run_id
+
+    tmp = None
+    if args.draw_run:
+        runs, label = os.path.dirname(os.path.abspath(args.draw_run)), os.path.basename(args.draw_run.rstrip("/"))
+    else:
+        import cnnlab
+
+        tmp = tempfile.mkdtemp(prefix="cnnlab-lab-bench-")
+        runs, label = tmp, "lenet5"
+        cnnlab.train("lenet5", epochs=1, out=os.path.join(tmp, label), quiet=True)
+    try:
+        client = TestClient(create_app(runs), base_url=BASE)
+        canvas = seven()
+        body = {"source": run_id(label), "size": canvas.shape[0],
+                "pixels": base64.b64encode(canvas.tobytes()).decode()}
+        first = ok(client.post("/api/draw/predict", json=body, headers=ORIGIN)).json()  # opens the run, its scales
+        times, inside = [], []
+        for _ in range(args.draw_updates):
+            t = time.perf_counter()
+            r = ok(client.post("/api/draw/predict", json=body, headers=ORIGIN)).json()
+            times.append(time.perf_counter() - t)
+            inside.append(r["ms"]["total"] / 1000)
+        return [row(f"draw a digit: one update (read as {first['top'][0]['class']})", times, 0.150),
+                row("  of which inside the endpoint", inside, None)]
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def row(name: str, times: list[float], goal: float | None) -> str:
     med = statistics.median(times)
     verdict = "" if goal is None else ("  ok" if med < goal else f"  OVER {goal:g} s")
@@ -85,6 +190,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2, help="torch's intra-op threads (default 2: the 2-core goal)")
     ap.add_argument("--layers", nargs="+", default=["conv1", "layer1", "layer4"])
+    ap.add_argument("--draw-run", help="a LeNet-5 run on MNIST (default: train one epoch into a temporary folder)")
+    ap.add_argument("--draw-updates", type=int, default=50)
+    ap.add_argument("--chromium", default=shutil.which("chromium"),
+                    help="a Chromium for the in-browser page times (default: chromium on PATH; none: skipped)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -131,6 +240,9 @@ def main(argv=None) -> int:
             results[f"resnet50 {path} {layer}"] = t = timed(lambda: ok(client.get(f"/api/explorer/{path}",
                                                                                   params=params)), args.runs)
             lines.append(row(f"  {part}", t, None))
+
+    lines += browser_loads(args)
+    lines += draw_updates(args)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     from cnnlab.platform import cpu_model

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 import numpy as np
 import pytest
@@ -207,22 +206,14 @@ def test_endpoint_agrees_with_predict_gradcam_and_feature_maps(client, source, m
     assert [(a["lo"], a["hi"]) for a in other["layers"]] == [(a["lo"], a["hi"]) for a in r["layers"]]
 
 
-def test_update_time(client, source, mnist, capsys):
-    """Server time per update (LeNet-5, one drawing of 140x140): printed; the budget is 150 ms on 2 cores."""
+def test_each_answer_says_where_its_time_went(client, source, mnist):
+    """The page shows the server's time per update (the 150 ms budget is measured by benchmarks/lab.py, not
+    asserted here): its parts are there and add up to no more than the whole."""
     rng = np.random.default_rng(3)
-    bodies = [body(source, drawn(mnist.images[i, 0].numpy(), rng, 140)) for i in range(60)]
-    client.post("/api/draw/predict", json=bodies[0], headers=ORIGIN)  # the run's first view probes its layers
-    times, inside = [], []
-    for b in bodies:
-        t = time.perf_counter()
-        r = client.post("/api/draw/predict", json=b, headers=ORIGIN)
-        times.append((time.perf_counter() - t) * 1000)
-        inside.append(r.json()["ms"]["total"])
-    with capsys.disabled():
-        print(f"\n/api/draw/predict over {len(times)} calls: request median {np.median(times):.1f} ms, p90 "
-              f"{np.percentile(times, 90):.1f} ms; in the endpoint median {np.median(inside):.1f} ms, p90 "
-              f"{np.percentile(inside, 90):.1f} ms")
-    assert np.median(times) < 150
+    ms = client.post("/api/draw/predict", json=body(source, drawn(mnist.images[0, 0].numpy(), rng, 140)),
+                     headers=ORIGIN).json()["ms"]
+    assert set(ms) == {"prepare", "network", "pictures", "total"} and all(v >= 0 for v in ms.values())
+    assert ms["prepare"] + ms["network"] + ms["pictures"] <= ms["total"] + 0.5
 
 
 # ------------------------------------------------------------------------------------------- a first run
