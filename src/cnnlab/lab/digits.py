@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.lab.app import LabError
+from cnnlab.lab.sources import model_lock, on_model
 
 BOX = 20  # LeCun et al.: each digit is scaled to fit a 20x20 box ...
 INK = 0.1  # canvas grey levels (0..1) above this are ink; the brush's faint anti-aliased rim below it is not
@@ -142,16 +142,6 @@ def network_input(digit: np.ndarray, view) -> torch.Tensor:
 
 _PROBES: OrderedDict[tuple, dict] = OrderedDict()
 _PROBES_LOCK = threading.Lock()
-_MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def model_lock(model: nn.Module) -> threading.Lock:
-    """One lock per opened model: hooks are put on the model's modules, so two views of one model at once (two
-    tabs) would see each other's outputs; each view takes milliseconds, so they simply take turns."""
-    with _PROBES_LOCK:
-        if model not in _MODEL_LOCKS:
-            _MODEL_LOCKS[model] = threading.Lock()
-        return _MODEL_LOCKS[model]
 
 
 def shown_layers(model: nn.Module, input_size) -> list[dict]:
@@ -185,10 +175,10 @@ def layer_scales(run, layers: list[str]) -> dict[str, tuple[float, float]]:
     mean, std = run.info.view.stats()
     x = preprocess(pad_to(images, run.info.view.pad_to), mean, std)
     with model_lock(run.model), capture(run.model, layers) as cap, torch.no_grad():
-        run.model(x)
+        run.model(on_model(run.model, x))
         out = {}
         for name in layers:
-            a = cap.outputs[name].float().flatten()
+            a = cap.outputs[name].float().flatten().cpu()
             a = a[torch.randperm(a.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
             lo, hi = (float(v) for v in torch.quantile(a, torch.tensor([0.01, 0.99])))
             out[name] = _symmetric(lo, hi)
@@ -233,18 +223,18 @@ def read(model: nn.Module, x: torch.Tensor, layers: list[str], cam_layer: str):
     from cnnlab.visualize.hooks import capture
 
     names = list(dict.fromkeys([*layers, cam_layer]))
-    x = x.detach().requires_grad_(True)  # the input joins the graph, so a frozen model still has one
+    x = on_model(model, x).detach().requires_grad_(True)  # the input joins the graph, so a frozen model has one
     with model_lock(model), capture(model, names) as cap, torch.enable_grad():
         logits = model(x)
         cap.check()
-        outputs = {n: cap.outputs[n][0].float() for n in names}
+        outputs = {n: cap.outputs[n][0].float().cpu() for n in names}
         a = cap.outputs[cam_layer]
         g = cap.gradients(logits[0, int(logits[0].argmax())])[cam_layer]
     cam = F.relu((g.float().mean((2, 3), keepdim=True) * a.float()).sum(1, keepdim=True))
     up = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0]
     span = float(up.max() - up.min())
     up = (up - up.min()) / span if span > 0 else torch.zeros_like(up)
-    return logits.detach()[0].float(), outputs, up.detach()
+    return logits.detach()[0].float().cpu(), outputs, up.detach().cpu()
 
 
 def layer_pictures(layer: dict, a: torch.Tensor, scale: tuple[float, float] | None) -> dict:

@@ -20,12 +20,12 @@ import os
 import re
 import shlex
 import threading
-import weakref
 from pathlib import Path
 
 import numpy as np
 
 from cnnlab.lab.app import LabError, query
+from cnnlab.lab.sources import model_lock, on_model
 
 TOP_K = 5
 K = 9  # top-9
@@ -43,21 +43,11 @@ class State:
         self.layers: dict[tuple, list] = {}
         self.twins: dict[tuple, object] = {}
         self.top9: dict[tuple, dict] = {}
-        self.locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.lock = threading.Lock()
 
 
 def state(lab) -> State:
     return lab.__dict__.setdefault("explorer", State())
-
-
-def model_lock(lab, model) -> threading.Lock:
-    """One lock per loaded model: hooked passes on one model take turns."""
-    st = state(lab)
-    with st.lock:
-        if model not in st.locks:
-            st.locks[model] = threading.Lock()
-        return st.locks[model]
 
 
 # ------------------------------------------------------------------------------------------------ the image
@@ -148,7 +138,7 @@ def spatial_layers(lab, entry, run, shape) -> list[dict]:
         try:
             calls = trace(twin(lab, entry, run), tuple(shape))
         except Exception:  # noqa: BLE001 - a model the meta device cannot run: trace the real one
-            with model_lock(lab, run.model):
+            with model_lock(run.model):
                 calls = trace(run.model, tuple(shape))
         seen = {}
         for c in calls:  # a module called twice (a shared activation) is listed where its last call ends:
@@ -248,8 +238,8 @@ def _predict(lab, request) -> dict:
 
     entry, run = _source(lab, request)
     x, about = _image(lab, request, entry, run)
-    with model_lock(lab, run.model), torch.no_grad():
-        logits = run.model(x).float()
+    with model_lock(run.model), torch.no_grad():
+        logits = run.model(on_model(run.model, x)).float().cpu()
     p = F.softmax(logits, 1)[0]
     top = p.topk(min(TOP_K, p.numel()))
     classes = list(run.info.classes)
@@ -277,7 +267,7 @@ def _features(lab, request) -> dict:
     if not layers:
         raise LabError(f"{run.name} has no layer with feature maps")
     layer = _layer(request, "layer", layers, layers[0]["name"])["name"]
-    with model_lock(lab, run.model):
+    with model_lock(run.model):
         maps = feature_maps(run.model, x[0], [layer])[layer]
     lo, hi = float(maps.min()), float(maps.max())
     return {"layer": layer, "shape": list(maps.shape), "lo": lo, "hi": hi, "cmap": "viridis",
@@ -329,7 +319,7 @@ def _attribution(lab, request) -> dict:
     layers = spatial_layers(lab, entry, run, x.shape[1:])
     default = gradcam_layer(twin(lab, entry, run), tuple(x.shape[1:]))
     layer = _layer(request, "layer", layers, default)["name"]
-    with model_lock(lab, run.model):
+    with model_lock(run.model):
         sal = saliency(run.model, x[0], target, normalize="max")
         cam = gradcam(run.model, x[0], layer, target)
     image = display(x, run.info.view)

@@ -20,6 +20,7 @@ from fractions import Fraction
 import numpy as np
 
 from cnnlab.lab.app import LabError, query
+from cnnlab.lab.sources import model_lock, on_model
 
 ERF_IMAGES = 32  # images the effective field is averaged over (8 for inputs above 64 pixels: CPU seconds)
 ERF_IMAGES_LARGE = 8
@@ -208,7 +209,8 @@ def _summary(lab, source_id: str):
 
     def inspect():
         if entry.kind == "torchvision":
-            return summary(run.model, tuple(info.input_size))
+            with model_lock(run.model):
+                return summary(run.model, tuple(info.input_size))
         return summary(info.model, tuple(info.input_size), num_classes=info.num_classes, **info.model_options)
 
     return run, _SUMMARIES.get((entry.id, entry.stamp), inspect)
@@ -331,7 +333,7 @@ def effective_rf(model, layer: str, cell: tuple[int, int], x, channel: int | Non
     handle = _module(model, name).register_forward_hook(hook)
     try:
         with torch.enable_grad():
-            x = x.detach().clone().requires_grad_(True)
+            x = on_model(model, x).detach().clone().requires_grad_(True)
             try:
                 model(x)
             except _Stop:
@@ -346,7 +348,7 @@ def effective_rf(model, layer: str, cell: tuple[int, int], x, channel: int | Non
             (grad,) = torch.autograd.grad(unit.sum(), x)
     finally:
         handle.remove()
-    return grad.abs().sum(1).mean(0).double().numpy()
+    return grad.abs().sum(1).mean(0).double().cpu().numpy()
 
 
 def erf_inputs(lab, source: str, run, n: int):
@@ -382,7 +384,8 @@ def _rf_effective(lab, request) -> dict:
 
     def compute():
         x, images = erf_inputs(lab, source, run, n)
-        return effective_rf(run.model, key, cell, x, channel), images
+        with model_lock(run.model):  # the other pages put hooks on the same cached model
+            return effective_rf(run.model, key, cell, x, channel), images
 
     erf, images = _ERFS.get((entry.id, entry.stamp, key, cell, channel, n), compute)
     box = unit_box(row.rf, cell, (h, w))["clipped"]

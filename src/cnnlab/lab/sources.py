@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,11 @@ class Sources:
             return run
 
     def _load(self, e: Entry):
+        run = self._open(e)
+        run.model.to(lab_device())
+        return run
+
+    def _open(self, e: Entry):
         from cnnlab.runs import open_model, open_run
 
         if e.kind == "run":
@@ -231,6 +237,38 @@ class Sources:
         with self._lock:
             self._data[key] = data
         return data
+
+
+_DEVICE = []
+
+
+def lab_device():
+    """Where the lab runs its models: the device ``cnnlab`` would choose (a CUDA GPU when one is visible)."""
+    if not _DEVICE:
+        from cnnlab.platform import resolve_device
+
+        _DEVICE.append(resolve_device("auto"))
+    return _DEVICE[0]
+
+
+def on_model(model, x):
+    """A tensor moved to the model's device (the lab's models may sit on a GPU; images come from the CPU)."""
+    first = next(model.parameters(), None)
+    return x if first is None else x.to(first.device)
+
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_LOCK = threading.Lock()
+
+
+def model_lock(model) -> threading.Lock:
+    """One lock per opened model, for every page: a view puts hooks on the model's modules, so two views of one
+    model at once (two tabs, the explorer and the digit page on one run) would read each other's outputs; each
+    takes milliseconds to a second, so they take turns. Long jobs (top-9 over a test set) work on a copy."""
+    with _MODEL_LOCKS_LOCK:
+        if model not in _MODEL_LOCKS:
+            _MODEL_LOCKS[model] = threading.Lock()
+        return _MODEL_LOCKS[model]
 
 
 def _torchvision_run(name: str):
