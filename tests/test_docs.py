@@ -30,6 +30,7 @@ SHOWN = {
     "runs": ["cnnlab.runs.open_run", "cnnlab.runs.RunInfo"],
     "platform": ["cnnlab.platform.Platform"],
     "errors-fileio": ["cnnlab.errors.CnnlabError", "cnnlab.fileio.atomic_open"],
+    "lab": ["cnnlab.lab.app.create_app", "cnnlab.lab.sources.Sources"],
 }
 
 
