@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.lab.app import LabError
+from cnnlab.lab.web import LabError
 from cnnlab.lab.sources import model_lock, on_model
 
 BOX = 20  # LeCun et al.: each digit is scaled to fit a 20x20 box ...
@@ -397,7 +397,7 @@ def _train_info(lab, request) -> dict:
 def routes():
     from starlette.routing import Route
 
-    from cnnlab.lab.app import api
+    from cnnlab.lab.web import api
 
     return [Route("/api/draw/train", api(_train_info), methods=["GET"]),
             Route("/api/draw/predict", api(_predict), methods=["POST"]),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.lab.app import LabError, query
+from cnnlab.lab.web import LabError, query
 from cnnlab.lab.sources import model_lock, on_model
 
 TOP_K = 5
@@ -462,7 +462,7 @@ def search(model, data, layer: str, channels: int, job=None) -> dict:
 def routes():
     from starlette.routing import Route
 
-    from cnnlab.lab.app import api
+    from cnnlab.lab.web import api
 
     return [Route("/api/explorer/images", api(_images)),
             Route("/api/explorer/upload", api(_upload), methods=["POST"]),

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from cnnlab.errors import CnnlabError
-from cnnlab.lab.app import LabError
+from cnnlab.lab.web import LabError
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 MAX_PIXELS = 40_000_000  # 40 MP: more than any camera image a CNN is shown, far less than a bomb's

@@ -19,7 +19,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from cnnlab.lab.app import LabError, query
+from cnnlab.lab.web import LabError, query
 from cnnlab.lab.sources import model_lock, on_model
 
 ERF_IMAGES = 32  # images the effective field is averaged over (8 for inputs above 64 pixels: CPU seconds)
@@ -414,7 +414,7 @@ def _models(lab, request) -> dict:
 def routes():
     from starlette.routing import Route
 
-    from cnnlab.lab.app import api
+    from cnnlab.lab.web import api
 
     return [Route("/api/playground/conv", api(_conv)), Route("/api/playground/pool", api(_pool)),
             Route("/api/playground/explain-pool", api(_explain_pool)),

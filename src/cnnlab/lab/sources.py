@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.lab.app import LabError
+from cnnlab.lab.web import LabError
 
 MAX_DEPTH = 4
 CACHE_MODELS = 4
@@ -311,7 +311,7 @@ def _source(lab, request) -> dict:
 def routes():
     from starlette.routing import Route
 
-    from cnnlab.lab.app import api
+    from cnnlab.lab.web import api
 
     return [Route("/api/sources", api(_list)), Route("/api/sources/{source}", api(_source))]
 

@@ -32,7 +32,7 @@ import shlex
 import threading
 
 from cnnlab.errors import CnnlabError
-from cnnlab.lab.app import LabError, api, query
+from cnnlab.lab.web import LabError, api, query
 
 _lock = threading.Lock()  # builds on the meta device are quick; one at a time keeps the cache simple
 
