@@ -50,6 +50,7 @@ def main(out: str) -> None:
     if rank == 0:
         torch.save({"state": net.state_dict(), "skipped": skipped}, out)
     if world > 1:
+        dist.barrier()  # both ranks done before either tears gloo down (a rank leaving early aborted, once, in CI)
         dist.destroy_process_group()
 
 
