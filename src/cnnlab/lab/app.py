@@ -20,7 +20,8 @@ from cnnlab.lab.web import Jobs, api
 
 STATIC = Path(__file__).with_name("static")
 PAGES = {"/": "index.html", "/zoo": "zoo.html", "/model": "model.html", "/rf": "rf.html",
-         "/playground": "playground.html", "/explorer": "explorer.html", "/draw": "draw.html"}
+         "/playground": "playground.html", "/explorer": "explorer.html", "/draw": "draw.html",
+         "/train": "train.html", "/result": "result.html", "/compare": "compare.html"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 log = logging.getLogger("cnnlab.lab")
 
@@ -129,7 +130,7 @@ def create_app(runs=None, host: str = "127.0.0.1", port: int = 8000):
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
-    from cnnlab.lab import digits, explorer, playground, sources, zoo
+    from cnnlab.lab import compare, digits, explorer, playground, results, sources, training, zoo
 
     runs = Path(runs).expanduser().resolve() if runs else None
     if runs is not None and not runs.is_dir():
@@ -150,7 +151,7 @@ def create_app(runs=None, host: str = "127.0.0.1", port: int = 8000):
 
     routes = [Route(path, page(file)) for path, file in PAGES.items()]
     routes += [Route("/api/about", api(_about)), Route("/api/jobs/{job}", api(_job))]
-    for module in (zoo, playground, sources, explorer, digits):
+    for module in (zoo, playground, sources, explorer, digits, training, results, compare):
         routes += module.routes()
     routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
     app = Starlette(routes=routes, middleware=[Middleware(Guard, host=host)],

@@ -3,7 +3,8 @@ export const $ = (sel, root = document) => root.querySelector(sel);
 export const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
 
 export const PAGES = [["/", "Lab"], ["/zoo", "Zoo"], ["/model", "Model"], ["/rf", "Receptive fields"],
-  ["/playground", "Conv arithmetic"], ["/explorer", "Image explorer"], ["/draw", "Draw a digit"]];
+  ["/playground", "Conv arithmetic"], ["/explorer", "Image explorer"], ["/draw", "Draw a digit"],
+  ["/train", "Train"], ["/result", "Results"], ["/compare", "Compare runs"]];
 
 // The page's state lives in the URL's query string, so a view can be linked (and reloads as it was).
 export function state() { return Object.fromEntries(new URLSearchParams(location.search)); }
