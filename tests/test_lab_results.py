@@ -29,8 +29,9 @@ def runs(lab_runs, tmp_path_factory):
     degradation pair that are only a config.json (listed as in progress), for the one-click selection."""
     root = tmp_path_factory.mktemp("result-runs")
     a, b = root / "lenet5-mnist", root / "lenet5-mnist-b"
-    shutil.copytree(lab_runs / "lenet5-mnist", a)
-    shutil.copytree(lab_runs / "lenet5-mnist", b)
+    fresh = shutil.ignore_patterns("lab")  # the session's run may hold another server's caches: not these runs'
+    shutil.copytree(lab_runs / "lenet5-mnist", a, ignore=fresh)
+    shutil.copytree(lab_runs / "lenet5-mnist", b, ignore=fresh)
     config = json.loads((b / "config.json").read_text())
     (b / "config.json").write_text(json.dumps({**config, **EDITED}, indent=2))
     for model in ("plain20", "resnet20"):
@@ -149,6 +150,29 @@ def test_the_evaluation_is_kept_in_the_run_folder_and_not_made_again(matrix, run
         r = fresh.get("/api/result/confusion", params={"source": rid}).json()
     assert r["state"] == "done" and r["result"]["cached"] is True
     assert r["result"]["confusion"] == matrix["confusion"]
+
+
+def test_a_read_only_run_folder_keeps_the_evaluation_in_memory(runs, ids, monkeypatch):
+    """Where the run folder cannot be written, the evaluation is made once and kept in memory."""
+    import cnnlab.fileio
+    from cnnlab.lab import results
+
+    def read_only(path, mode="wb"):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cnnlab.fileio, "atomic_open", read_only)
+    calls = []
+    real = results.predictions
+    monkeypatch.setattr(results, "predictions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(results, "WAIT", 0)  # a long evaluation (CIFAR's): the answer is the job to poll
+    with TestClient(create_app(runs), base_url=BASE) as c:
+        r = c.get("/api/result/confusion", params={"source": ids["lenet5-mnist-b"]}).json()
+        assert r["state"] == "running" and r["job"]["kind"] == "evaluate"
+        first = finished(c, "/api/result/confusion", {"source": ids["lenet5-mnist-b"]})
+        again = c.get("/api/result/confusion", params={"source": ids["lenet5-mnist-b"]}).json()["result"]
+    assert calls == [1] and again["cached"]  # evaluated once
+    assert again["confusion"] == first["confusion"]
+    assert not (runs / "lenet5-mnist-b" / "lab").exists()
 
 
 def test_a_cells_images_are_its_mistakes_most_confident_first(client, rid, worst_cell, matrix, run, mnist_test):

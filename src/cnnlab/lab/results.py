@@ -131,7 +131,7 @@ def predictions(model, data, job=None) -> dict:
             "p_predicted": cat(p_pred, np.float32), "p_true": cat(p_true, np.float32), "top5": cat(top5, bool)}
 
 
-def evaluation(lab, entry, wait: float = WAIT) -> tuple[dict | None, object, object]:
+def evaluation(lab, entry, wait: float | None = None) -> tuple[dict | None, object, object]:
     """(the evaluation or None while its job runs, the job or None, the data). Started once per checkpoint."""
     run = lab.sources.open(entry.id)
     entry = lab.sources.entry(entry.id)  # the stamp of the checkpoint just opened
@@ -148,7 +148,7 @@ def evaluation(lab, entry, wait: float = WAIT) -> tuple[dict | None, object, obj
         return {"source": entry.id}
 
     job = lab.jobs.start("evaluate", f"evaluate:{entry.id}:{entry.stamp}:{data.split}", work)
-    deadline = time.time() + wait
+    deadline = time.time() + (WAIT if wait is None else wait)
     while job.state == "running" and time.time() < deadline:
         time.sleep(0.05)
     if job.state == "failed":

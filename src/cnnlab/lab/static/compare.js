@@ -9,6 +9,7 @@ const ERR = "#error";
 let sources = [];  // the runs under --runs
 let answer = null;  // the /api/compare answer shown
 let timer = null;
+const pending = new Set();  // runs this page started: until the trainer writes their folder, the lab cannot list them
 const gen = {};
 const fresh = (panel) => { gen[panel] = (gen[panel] || 0) + 1; const g = gen[panel]; return () => gen[panel] === g; };
 const chosen = () => (state().runs || "").split(",").filter(Boolean);
@@ -40,7 +41,16 @@ async function load() {
   clearTimeout(timer);
   const ids = chosen();
   if (!ids.length) { $("#body").hidden = true; return; }
-  const r = await get("/api/compare", { runs: ids.join(",") });
+  let r;
+  try {
+    r = await get("/api/compare", { runs: ids.join(",") });
+  } catch (e) {  // a queued training's folder not written yet: wait for it rather than fail
+    if (!(e instanceof ApiError && /no run with id/.test(e.message) && ids.some(id => pending.has(id)))) throw e;
+    $("#pair-note").textContent = "Waiting for the trainings to write their run folders (queued ones wait for the " +
+      "one before them)…";
+    timer = setTimeout(guarded(ERR, load), 5000);
+    return;
+  }
   if (!ok()) return;
   answer = r;
   $("#body").hidden = false;
@@ -149,6 +159,7 @@ async function pair(a, b) {
       throw e;
     }
     ids.push(r.id);
+    pending.add(r.id);
   }
   setState({ runs: ids.join(",") });
   $("#pair-note").textContent = `Started ${a} and ${b} (${epochs} epochs, seed ${seed}); the curves fill in as they ` +
