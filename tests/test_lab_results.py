@@ -237,6 +237,8 @@ def test_settings_differences_are_exactly_the_edited_keys(client, ids):
     assert "recipe_settings.lr" in r["keys"] and "out" not in r["keys"]  # nested flattened; server paths not sent
     assert not any(str(v).startswith("/") for v in sa.values())
     assert r["runs"][0]["metrics"]["epoch"] == r["runs"][1]["metrics"]["epoch"]
+    assert r["runs"][0]["command"] == "cnnlab train lenet5 --data mnist --recipe lenet5_mnist --epochs 1 --seed 0"
+    assert r["runs"][1]["command"].endswith("--epochs 1 --batch-size 64 --lr 0.01 --seed 1")
 
 
 def test_csv_rows_are_metrics_jsonl_epoch_lines(client, ids, runs):

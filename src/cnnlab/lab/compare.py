@@ -99,15 +99,41 @@ def differing(all_settings: list[dict]) -> list[str]:
     return [k for k in keys if len({json.dumps(s.get(k, missing), default=str) for s in all_settings}) > 1]
 
 
+def train_command(config: dict) -> str | None:
+    """The `cnnlab train` line that trains this run again (its given settings; None ones are the recipe's)."""
+    import shlex
+
+    if not isinstance(config.get("model"), str):
+        return None
+    parts = ["cnnlab", "train", config["model"]]
+    for key, flag in (("data", "--data"), ("recipe", "--recipe"), ("epochs", "--epochs"),
+                      ("batch_size", "--batch-size"), ("lr", "--lr"), ("precision", "--precision"), ("seed", "--seed"),
+                      ("train_limit", "--train-limit")):
+        value = config.get(key)
+        if value is not None and not (key == "precision" and value == "fp32"):
+            parts += [flag, str(value)]
+    if config.get("deterministic") is True:
+        parts.append("--deterministic")
+    for k, v in (config.get("model_options") or {}).items():
+        parts += ["--model-option", f"{k}={v}"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def describe(lab, source_id: str) -> dict:
     entry = run_entry(lab, source_id)
     metrics = read_metrics(entry.path)
+    flat = settings(entry.path)
+    try:
+        config = json.loads((entry.path / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    config = config if isinstance(config, dict) else {}
     try:
         age = time.time() - (entry.path / "metrics.jsonl").stat().st_mtime
     except OSError:
         age = None
     return {"id": entry.id, "label": entry.label, "model": entry.model, "data": entry.data, "problem": entry.problem,
-            "metrics": metrics, "settings": settings(entry.path), "updated_s": age}
+            "metrics": metrics, "settings": flat, "updated_s": age, "command": train_command(config)}
 
 
 # -------------------------------------------------------------------------------------------------- endpoints

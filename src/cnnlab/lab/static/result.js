@@ -180,6 +180,7 @@ async function curves() {
   const run = r.runs[0];
   $("#curves-card").hidden = false;
   drawCurves($("#curves"), r.runs, state().x || "epoch");
+  command("#cmd-train", run.command);
   $("#settings").innerHTML = Object.entries(run.settings).map(([k, v]) =>
     `<dt>${esc(k)}</dt><dd>${esc(v === null ? "-" : v)}</dd>`).join("");
   curves.last = r;
