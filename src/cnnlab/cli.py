@@ -594,6 +594,9 @@ def serve_command(sub) -> None:
                     help="address to listen on (default 127.0.0.1: this machine only; another is a warning)")
     sv.add_argument("--port", type=_nonneg_int, default=8000, help="default 8000; 0 picks a free one")
     sv.add_argument("--open", action="store_true", help="open the lab in the default browser")
+    sv.add_argument("--max-trainings", type=_positive_int, default=1, metavar="N",
+                    help="trainings started from the page that run at once (default 1: one uses every CPU core); "
+                         "the others wait in a queue")
     sv.set_defaults(handler=_serve)
 
 
@@ -602,7 +605,7 @@ def _serve(args) -> str:
 
     if args.port > 65535:
         raise CnnlabError(f"--port must be at most 65535, got {args.port}")
-    serve(args.runs, args.host, args.port, args.open)
+    serve(args.runs, args.host, args.port, args.open, args.max_trainings)
     return ""
 
 
