@@ -539,7 +539,8 @@ def progress(folder: Path) -> dict:
 def describe(t: Training, runs: Path | None) -> dict:
     return {"id": t.id, "label": t.label, "state": t.state, "lab": True, "resumable": t.resumable,
             "note": t.note, "returncode": t.returncode, "started": t.started, "pid": t.pid,
-            "command": shown_command(t.argv, runs), **progress(t.folder)}
+            "command": shown_command(t.argv, runs), "first_command": shown_command(t.first_argv, runs),
+            **progress(t.folder)}
 
 
 def _list(lab, request) -> dict:
@@ -736,6 +737,8 @@ def _poll(lab, run_id: str, folder: Path, tails: dict) -> list[str]:
     """The events since the last poll, as SSE text (a thread runs it: files are never read on the event loop)."""
     events = []
     for name, tail in tails.items():
+        if not isinstance(tail, Tail):
+            continue
         reset, lines = tail.read()
         if reset:
             events.append(f"event: reset\ndata: {json.dumps({'stream': name})}\n\n")
