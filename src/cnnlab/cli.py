@@ -230,6 +230,14 @@ def _train_flags(t) -> None:
     t.add_argument("--train-limit", type=_positive_int, metavar="N",
                    help="train on a class-balanced random subset of N images (a labelled budget)")
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between metrics.jsonl lines")
+    t.add_argument("--health-every", type=_nonneg_int, default=50, metavar="N",
+                   help="per-layer gradient and weight norms, update ratios and dead ReLUs into health.jsonl "
+                        "every N steps (default 50; 0: off)")
+    t.add_argument("--snapshots", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep snapshots/ of the first filters, a fixed probe batch's activations and the "
+                        "confusion matrix at a schedule of steps (default: on)")
+    t.add_argument("--snapshot-every", type=_positive_int, metavar="N",
+                   help="also snapshot every N steps (default: about 4 times an epoch)")
     t.add_argument("--skip-bad-images", action="store_true",
                    help="folder:PATH: leave out the image files that cannot be read (a note counts them)")
     _option_flag(t)
@@ -248,6 +256,7 @@ def _train_config(args, model: str, model_options: dict | None = None, **setting
                        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                        seed=args.seed, deterministic=args.deterministic, quiet=args.quiet, data_dir=args.data_dir,
                        val_split=args.val_split, log_every=args.log_every, train_limit=args.train_limit,
+                       health_every=args.health_every, snapshots=args.snapshots, snapshot_every=args.snapshot_every,
                        overwrite=args.overwrite, skip_bad_images=args.skip_bad_images, model_options=options,
                        **settings)
 
