@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,8 +27,9 @@ from cnnlab.lab.sources import run_id
 pytestmark = pytest.mark.slow
 
 TINY = {"model": "lenet5", "train_limit": 512, "batch_size": 32, "val_split": 0.02, "log_every": 1,
-        "deterministic": True}
-CLI_TINY = ["--train-limit", "512", "--batch-size", "32", "--val-split", "0.02", "--log-every", "1", "--deterministic"]
+        "deterministic": True, "health_every": 5}
+CLI_TINY = ["--train-limit", "512", "--batch-size", "32", "--log-every", "1", "--val-split", "0.02",
+            "--deterministic", "--health-every", "5"]
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +169,16 @@ def test_queue_of_one_stream_and_learning_rate(http, runs, lab_server, reference
 
     wait(lambda: listing(http)[a["id"]]["step"], what="the first step line")
     assert listing(http)[b["id"]]["state"] == "queued"
+    sent = 0
     for n in (1, 2):
         r = http.post(f"/api/train/{a['id']}/lr", json={"lr": 0.05 / n})
         if r.status_code == 409:
             break  # it finished meanwhile (a loaded machine): the ids were checked in the restart test
         assert r.json()["lr"] == {"value": 0.05 / n, "id": n}
+        sent = n
+        wait(lambda: any('"lr_change"' in line and f'"lr": {0.05 / n}' in line for line in
+                         (runs / a["label"] / "metrics.jsonl").read_text().splitlines())
+             or listing(http)[a["id"]]["state"] != "running", timeout=30, what="the lr change")
 
     # a second server on the same folder (a restart) sees the live one running, and does not start the queue
     second = create_app(runs).state.lab.trainings
@@ -203,9 +210,9 @@ def test_queue_of_one_stream_and_learning_rate(http, runs, lab_server, reference
                 break
     assert got == lines
     assert states[0]["state"] == "finished" and states[0]["epochs"] == 1
-    kinds = [json.loads(x)["kind"] for x in lines]
-    if "lr_change" in kinds:  # the trainer applies control.json (lab-watch's part)
-        assert kinds.count("lr_change") >= 1
+    changes = [json.loads(x) for x in lines if json.loads(x)["kind"] == "lr_change"]
+    if sent:  # the trainer applied each id once, at its next step, and said so in metrics.jsonl
+        assert [c["lr"] for c in changes] == pytest.approx([0.05 / n for n in range(1, sent + 1)])
 
 
 def test_page_trains_pauses_resumes_to_the_uninterrupted_weights(page, http, runs, reference):
@@ -219,11 +226,15 @@ def test_page_trains_pauses_resumes_to_the_uninterrupted_weights(page, http, run
     page.fill("#f-val", "0.02")
     page.fill("#f-log", "1")
     page.check("#f-det")
-    assert "cnnlab train lenet5 --data mnist --epochs 3 --batch-size 32 --train-limit 512" in page.inner_text(
-        "#cmd-start")
+    page.fill("#f-health", "5")
+    shown = page.inner_text("#cmd-start")
     page.click("#start")
     page.wait_for_function("location.search.includes('run=r-')")
     rid = page.evaluate("new URLSearchParams(location.search).get('run')")
+    started = listing(http)[rid]["first_command"]  # what the server runs is what the form showed
+    assert re.sub(r"\d{8}-\d{6}", "TIME", started) == shown.strip()
+    assert all(f"{flag} {value}" in started for flag, value in zip(CLI_TINY[:-3:2], CLI_TINY[1:-3:2]))
+    assert "--deterministic --health-every 5" in started
 
     length = "() => window.labTrain && window.labTrain.charts.loss.data[0].length"
     page.wait_for_function(f"({length})() >= 3", timeout=60_000)
@@ -240,6 +251,22 @@ def test_page_trains_pauses_resumes_to_the_uninterrupted_weights(page, http, run
     page.wait_for_selector("#v-state:text('finished')", timeout=90_000)
     assert "--resume" in " ".join(process(runs, label)["argv"])
     page.wait_for_function("document.querySelectorAll('#epoch-rows tr').length === 3")
+    # the health panel: one bar per learnable layer of health.jsonl
+    health = [json.loads(x) for x in (runs / label / "health.jsonl").read_text().splitlines()]
+    assert page.locator("#h-ratio .bar").count() == len(health[-1]["layers"]) >= 4
+    assert page.evaluate("window.labTrain.health.charts.ratio.data[0].length") == len({h["step"] for h in health})
+    # the scrubber: every snapshot of the index, back to step 0 (before training), in the URL
+    index = [json.loads(x) for x in (runs / label / "snapshots" / "index.jsonl").read_text().splitlines()]
+    assert page.eval_on_selector("#scrub", "s => Number(s.max)") == len(index) - 1 >= 4
+    page.eval_on_selector("#scrub", "s => { s.value = 0; s.dispatchEvent(new Event('input')); }")
+    page.wait_for_function("location.search.includes('step=0')")
+    page.wait_for_selector("#snap-card[data-step='0']")
+    assert page.inner_text("#snap-where").startswith("step 0,")
+    assert page.locator("#filters img").count() == 6  # LeNet-5's C1
+    assert page.locator("#confusion-box table").count() == 0  # step 0 is no epoch end
+    last_epoch = max(i for i, r in enumerate(index) if r["has_confusion"])
+    page.eval_on_selector("#scrub", f"s => {{ s.value = {last_epoch}; s.dispatchEvent(new Event('input')); }}")
+    page.wait_for_selector(f"#snap-card[data-step='{index[last_epoch]['step']}'] #confusion-box table.cm")
     page.wait_for_timeout(300)
     page.shot("train")
 

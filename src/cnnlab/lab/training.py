@@ -472,6 +472,12 @@ def command_for(lab, body: dict) -> tuple[list[str], str, str]:
         args += ["--precision", precision]
     if body.get("deterministic"):
         args.append("--deterministic")
+    for name, flag in (("health_every", "--health-every"), ("snapshot_every", "--snapshot-every")):
+        value = _int(body, name, 0 if name == "health_every" else 1, 1_000_000)
+        if value is not None:
+            args += [flag, str(value)]
+    if body.get("snapshots") is False:
+        args.append("--no-snapshots")
     options = body.get("model_options") or {}
     if not isinstance(options, dict):
         raise LabError("`model_options` must be an object of option: value")
@@ -660,7 +666,7 @@ def _snapshot(lab, request) -> dict:
         cmap = "RdBu_r" if lo < 0 < hi else "viridis"
         if cmap == "RdBu_r":
             lo, hi = -max(-lo, hi), max(-lo, hi)
-        scale = max(1, 48 // max(a.shape[2:]))
+        scale = max(1, math.ceil(56 / max(a.shape[2:])))
         stages.append({"layer": key[5:], "shape": list(a.shape[1:]), "lo": lo, "hi": hi, "cmap": cmap,
                        "maps": [heat_url(m, lo, hi, cmap, scale) for m in a[i]]})
     out["stages"] = stages

@@ -26,7 +26,8 @@ function body() {
   return { model: $("#f-model").value, data: $("#f-data").value || null, recipe: $("#f-recipe").value || null,
     epochs: num("#f-epochs"), batch_size: num("#f-batch"), lr: num("#f-lr"), precision: $("#f-precision").value,
     seed: num("#f-seed"), deterministic: $("#f-det").checked, train_limit: num("#f-limit"), val_split: num("#f-val"),
-    log_every: num("#f-log"), model_options: opts, transfer_from: from, transfer_mode: from ? $("#f-mode").value : null };
+    log_every: num("#f-log"), health_every: num("#f-health"), snapshots: $("#f-snap").checked,
+    snapshot_every: num("#f-snap-every"), model_options: opts, transfer_from: from, transfer_mode: from ? $("#f-mode").value : null };
 }
 
 function formCommand() {  // what the form will run, as the user would type it
@@ -36,10 +37,12 @@ function formCommand() {  // what the form will run, as the user would type it
   const flag = (name, v) => { if (v !== null && v !== undefined && v !== "") words.push(name, String(v)); };
   flag("--data", b.data); flag("--recipe", b.recipe); flag("--epochs", b.epochs); flag("--batch-size", b.batch_size);
   flag("--train-limit", b.train_limit); flag("--log-every", b.log_every);
-  if (b.seed) flag("--seed", b.seed);
+  flag("--seed", b.seed);
   flag("--lr", b.lr); flag("--val-split", b.val_split);
   if (b.precision !== "auto") flag("--precision", b.precision);
   if (b.deterministic) words.push("--deterministic");
+  flag("--health-every", b.health_every); flag("--snapshot-every", b.snapshot_every);
+  if (!b.snapshots) words.push("--no-snapshots");
   for (const [k, v] of Object.entries(b.model_options)) words.push("--model-option", `${k}=${v}`);
   words.push("--out", `${form.runs_name || "runs"}/${b.model}-${b.data || "DATA"}-TIME`, "--quiet");
   command("#cmd-start", words.join(" "));
@@ -320,6 +323,7 @@ const loadSnap = debounce(guarded(ERR, async () => {
     `<span class="muted" style="font-size:.8em">${st.shape.join(" x ")} · ${st.lo.toPrecision(2)} .. ${st.hi.toPrecision(2)}</span></div>` +
     `<div class="maps">${st.maps.map(u => `<img src="${u}">`).join("")}</div></div>`).join("");
   $("#confusion-box").innerHTML = r.confusion ? confusion(r.confusion, r.classes) : "";
+  $("#snap-card").dataset.step = r.step;  // the step shown (a test waits on it)
   command("#cmd-snap", `python -c "import numpy as np; z = np.load('${view.run.label}/snapshots/${r.file}'); print(z.files)"` +
     "   # cnnlab train --snapshots writes these");
 }), 60);
