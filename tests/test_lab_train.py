@@ -125,12 +125,19 @@ def test_restart_finds_a_live_training_and_a_killed_one_and_lr_goes_to_control_j
             "returncode": None, "argv": [sys.executable, "-m", "cnnlab", "train", "lenet5", "--out", str(folder)]}))
     os.kill(procs["killed"].pid, signal.SIGKILL)
     procs["killed"].wait()
+    ended = tmp_path / "ended"  # finished while no server watched: its summary.md is newer than its start
+    ended.mkdir()
+    (ended / "lab-process.json").write_text(json.dumps({
+        "pid": procs["killed"].pid, "pgid": procs["killed"].pid, "started": time.time() - 60, "state": "running",
+        "returncode": None, "argv": [sys.executable, "-m", "cnnlab", "train", "lenet5", "--out", str(ended)]}))
+    (ended / "summary.md").write_text("done\n")
     try:
         c = TestClient(create_app(tmp_path), base_url="http://127.0.0.1:8000")
         found = {r["label"]: r for r in c.get("/api/train").json()["runs"]}
         assert found["live"]["state"] == "running" and found["live"]["pid"] == procs["live"].pid
         assert found["killed"]["state"] == "stopped" and found["killed"]["resumable"]
         assert json.loads((tmp_path / "killed" / "lab-process.json").read_text())["state"] == "stopped"
+        assert found["ended"]["state"] == "finished" and not found["ended"]["resumable"]
 
         live = run_id("live")
         for n, lr in enumerate([0.01, 0.002], start=1):

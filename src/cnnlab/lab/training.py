@@ -161,9 +161,8 @@ class Trainings:
             t = Training.load(folder, run_id(label), label)
             if t is None:
                 continue
-            if t.state == "running" and not _alive(t.pid, folder):
-                t.state, t.note = "stopped", "its process is gone (killed, or the machine restarted); resume it"
-                t.save()
+            if t.state == "running" and not _alive(t.pid, folder):  # it ended while no server watched
+                self._ended(t, "its process is gone (killed, or the machine restarted); resume it")
             self._all[t.id] = t
         self._schedule()
 
@@ -303,7 +302,7 @@ class Trainings:
                     return
             time.sleep(0.2)
 
-    def _ended(self, t: Training) -> None:
+    def _ended(self, t: Training, gone: str = "its process was stopped from outside the lab; resume it") -> None:
         """The process is gone: finished, failed, or stopped by a signal (ours or someone's)."""
         code = t.process.returncode if t.process is not None else None
         if t.process is None:  # found again after a restart: no exit code; summary.md is what a finished run writes
@@ -315,7 +314,7 @@ class Trainings:
         elif code == 0:
             t.state = "finished"
         elif code is None or code in (143, 137, -9, -15, 130):
-            t.state, t.note = "stopped", "its process was stopped from outside the lab; resume it"
+            t.state, t.note = "stopped", gone
         else:
             t.state, t.note = "failed", last_line(t.folder / LOG_FILE) or f"exit code {code}"
         t.wanted, t.process = None, None
