@@ -103,6 +103,18 @@ def test_mistakes_are_one_sentence(tmp_path):
     assert c.post("/api/train/r-0000000000/pause", headers=origin).status_code == 404
     assert c.post("/api/train/start", json={"model": "lenet5"}).status_code == 403  # no Origin: the guard
     assert c.get("/api/train/start").status_code in (404, 405)  # a GET never starts anything
+    (tmp_path / "cli-run").mkdir()  # a run from the command line can be watched
+    (tmp_path / "cli-run" / "config.json").write_text(json.dumps({"model": "lenet5", "data": "mnist"}))
+    manager = c.app.state.lab.trainings
+    manager.viewers = 16  # the bound on live streams
+    r = c.get(f"/api/train/{run_id('cli-run')}/stream")
+    assert r.status_code == 429 and "close one" in r.json()["error"]
+    assert c.get("/api/train/r-0000000000/stream").status_code == 404
+    assert c.post(f"/api/train/{run_id('cli-run')}/pause", headers=origin).status_code == 404  # not the lab's
+
+    from cnnlab.cli import main
+
+    assert main(["serve", "--max-trainings", "0"]) == 2
 
 
 # ------------------------------------------------------------------------------------------------ restart
@@ -176,6 +188,12 @@ def test_queue_of_one_stream_and_learning_rate(http, runs, lab_server, reference
 
     wait(lambda: listing(http)[a["id"]]["step"], what="the first step line")
     assert listing(http)[b["id"]]["state"] == "queued"
+    # a second look at the folder, as a restarted server finds it: the live one running (by pid and cmdline)
+    from cnnlab.lab.training import Trainings
+
+    states = {t.id: t.state for t in Trainings(runs, watch=False).known()}
+    assert states[a["id"]] == "running" and states[b["id"]] == "queued"
+
     sent = 0
     for n in (1, 2):
         r = http.post(f"/api/train/{a['id']}/lr", json={"lr": 0.05 / n})
@@ -186,12 +204,6 @@ def test_queue_of_one_stream_and_learning_rate(http, runs, lab_server, reference
         wait(lambda: any('"lr_change"' in line and f'"lr": {0.05 / n}' in line for line in
                          (runs / a["label"] / "metrics.jsonl").read_text().splitlines())
              or listing(http)[a["id"]]["state"] != "running", timeout=30, what="the lr change")
-
-    # a second server on the same folder (a restart) sees the live one running, and does not start the queue
-    second = create_app(runs).state.lab.trainings
-    second.close()
-    states = {t.id: t.state for t in second.known()}
-    assert states[a["id"]] in ("running", "finished")
 
     wait(lambda: listing(http)[a["id"]]["state"] == "finished", what="the first run to finish")
     wait(lambda: listing(http)[b["id"]]["state"] != "queued", timeout=5, what="the queue to move")

@@ -138,12 +138,14 @@ class Training:
 class Trainings:
     """Every training of one server: started, queued, watched; found again from the run folders at start."""
 
-    def __init__(self, runs: Path | None, max_running: int = 1):
+    def __init__(self, runs: Path | None, max_running: int = 1, watch: bool = True):
+        """``watch=False``: find the trainings and report them, but start and record nothing (a second look at
+        a folder another server manages)."""
         self.runs, self.max_running = runs, max(1, int(max_running))
         self._all: dict[str, Training] = {}
         self._lock = threading.RLock()
         self._watcher: threading.Thread | None = None
-        self._closed = False
+        self._closed = not watch
         self.viewers = 0
         self.discover()
 
@@ -248,6 +250,8 @@ class Trainings:
 
     def _schedule(self) -> None:
         """Start queued trainings (oldest first) while fewer than ``max_running`` run."""
+        if self._closed:
+            return
         with self._lock:
             self._schedule_locked()
         self._watch()
@@ -318,7 +322,8 @@ class Trainings:
         else:
             t.state, t.note = "failed", last_line(t.folder / LOG_FILE) or f"exit code {code}"
         t.wanted, t.process = None, None
-        t.save()
+        if not self._closed:
+            t.save()
 
     # ------------------------------------------------------------------------------------------------ lr
     def set_lr(self, run_id: str, lr: float) -> dict:
@@ -748,6 +753,9 @@ def _poll(lab, run_id: str, folder: Path, tails: dict) -> list[str]:
         if reset:
             events.append(f"event: reset\ndata: {json.dumps({'stream': name})}\n\n")
         events += [f"event: {name}\ndata: {line}\n\n" for line in lines]
+    tails["_polls"] = tails.get("_polls", 0) + 1
+    if not events and tails["_polls"] % 4 != 1:
+        return events  # the state (a few small reads) is looked at once a second, or when a file moved
     state = _state_of(lab, run_id, folder)
     key = json.dumps(state, sort_keys=True)
     if key != tails.get("_state_key"):
@@ -769,11 +777,11 @@ async def _stream(request):
     manager = trainings(lab)
     if manager.viewers >= MAX_VIEWERS:
         return JSONResponse({"error": f"{MAX_VIEWERS} pages are already watching trainings; close one"}, 429)
-    manager.viewers += 1
 
     async def events():
         tails: dict = {name: Tail(folder / file) for name, file in STREAMS}
         last = time.monotonic()
+        manager.viewers += 1  # counted once the stream runs, so a stream never started is never counted
         try:
             yield "retry: 2000\n\n"
             while not await request.is_disconnected():
