@@ -230,6 +230,14 @@ def _train_flags(t) -> None:
     t.add_argument("--train-limit", type=_positive_int, metavar="N",
                    help="train on a class-balanced random subset of N images (a labelled budget)")
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between metrics.jsonl lines")
+    t.add_argument("--health-every", type=_nonneg_int, default=50, metavar="N",
+                   help="per-layer gradient and weight norms, update ratios and dead ReLUs into health.jsonl "
+                        "every N steps (default 50; 0: off)")
+    t.add_argument("--snapshots", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep snapshots/ of the first filters, a fixed probe batch's activations and the "
+                        "confusion matrix at a schedule of steps (default: on)")
+    t.add_argument("--snapshot-every", type=_positive_int, metavar="N",
+                   help="also snapshot every N steps (default: about 4 times an epoch)")
     t.add_argument("--skip-bad-images", action="store_true",
                    help="folder:PATH: leave out the image files that cannot be read (a note counts them)")
     _option_flag(t)
@@ -248,6 +256,7 @@ def _train_config(args, model: str, model_options: dict | None = None, **setting
                        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                        seed=args.seed, deterministic=args.deterministic, quiet=args.quiet, data_dir=args.data_dir,
                        val_split=args.val_split, log_every=args.log_every, train_limit=args.train_limit,
+                       health_every=args.health_every, snapshots=args.snapshots, snapshot_every=args.snapshot_every,
                        overwrite=args.overwrite, skip_bad_images=args.skip_bad_images, model_options=options,
                        **settings)
 
@@ -594,6 +603,9 @@ def serve_command(sub) -> None:
                     help="address to listen on (default 127.0.0.1: this machine only; another is a warning)")
     sv.add_argument("--port", type=_nonneg_int, default=8000, help="default 8000; 0 picks a free one")
     sv.add_argument("--open", action="store_true", help="open the lab in the default browser")
+    sv.add_argument("--max-trainings", type=_positive_int, default=1, metavar="N",
+                    help="trainings started from the page that run at once (default 1: one uses every CPU core); "
+                         "the others wait in a queue")
     sv.set_defaults(handler=_serve)
 
 
@@ -602,7 +614,7 @@ def _serve(args) -> str:
 
     if args.port > 65535:
         raise CnnlabError(f"--port must be at most 65535, got {args.port}")
-    serve(args.runs, args.host, args.port, args.open)
+    serve(args.runs, args.host, args.port, args.open, args.max_trainings)
     return ""
 
 

@@ -35,6 +35,8 @@ class Lab:
     port: int = 8000
     jobs: Jobs = field(default_factory=Jobs)
     sources: object = None  # cnnlab.lab.sources.Sources
+    max_trainings: int = 1  # trainings running at once; the others queue (lab/training.py)
+    trainings: object = None  # cnnlab.lab.training.Trainings, made by create_app
 
     def __post_init__(self):
         from cnnlab.lab.sources import Sources
@@ -122,8 +124,9 @@ async def _refuse(send, status: int, message: str) -> None:
 
 # --------------------------------------------------------------------------------------------------------- app
 
-def create_app(runs=None, host: str = "127.0.0.1", port: int = 8000):
-    """The lab as an ASGI application (``runs``: the folder whose run folders it lists)."""
+def create_app(runs=None, host: str = "127.0.0.1", port: int = 8000, max_trainings: int = 1):
+    """The lab as an ASGI application (``runs``: the folder whose run folders it lists; ``max_trainings``: how
+    many trainings started from the page run at once)."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.responses import FileResponse, JSONResponse
@@ -135,7 +138,8 @@ def create_app(runs=None, host: str = "127.0.0.1", port: int = 8000):
     runs = Path(runs).expanduser().resolve() if runs else None
     if runs is not None and not runs.is_dir():
         raise CnnlabError(f"--runs {runs} is not a folder; give the folder your runs are written to (e.g. runs)")
-    lab = Lab(runs, host, port)
+    lab = Lab(runs, host, port, max_trainings=max_trainings)
+    training.trainings(lab)  # finds the trainings an earlier server started (live ones, and killed ones)
 
     def page(file: str):
         async def endpoint(request):
@@ -160,7 +164,8 @@ def create_app(runs=None, host: str = "127.0.0.1", port: int = 8000):
     return app
 
 
-def serve(runs=None, host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False) -> None:
+def serve(runs=None, host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False,
+          max_trainings: int = 1) -> None:
     """Run the lab until Ctrl-C, printing its URL."""
     import uvicorn
 
@@ -177,7 +182,7 @@ def serve(runs=None, host: str = "127.0.0.1", port: int = 8000, open_browser: bo
         raise CnnlabError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another port with --port, "
                           f"or stop what uses it") from None
     port = sock.getsockname()[1]
-    app = create_app(runs, host, port)
+    app = create_app(runs, host, port, max_trainings)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     shown = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
     url = f"http://{shown}:{port}/"

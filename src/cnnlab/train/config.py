@@ -40,11 +40,26 @@ class TrainConfig:
     sync_bn: bool = False  # data parallel: BatchNorm statistics over the global batch (GPUs only)
     overwrite: bool = False  # a new run may replace the run that ``out`` holds
     skip_bad_images: bool = False  # image folders: leave out (and count) the files that cannot be read
+    # watching it learn (cnnlab.train.watch): per-layer health every N steps (0: off), snapshots of the first
+    # filters, a probe batch's activations and the confusion matrix (every N steps; None: about 4 an epoch)
+    health_every: int = 50
+    snapshots: bool = True
+    snapshot_every: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
             raise CnnlabError(f"`seed` must be a whole number from 0 to 2^63 - 1 ({MAX_SEED}), got {self.seed!r}",
                               params=("seed",))
+        if not _whole(self.health_every) or self.health_every < 0:
+            raise CnnlabError(f"`health_every` must be a whole number of steps, 0 or more (0: no health records), "
+                              f"got {self.health_every!r}", params=("health_every",))
+        if self.snapshot_every is not None and (not _whole(self.snapshot_every) or self.snapshot_every < 1):
+            raise CnnlabError(f"`snapshot_every` must be a whole number of steps, 1 or more, got "
+                              f"{self.snapshot_every!r}", params=("snapshot_every",))
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 MAX_SEED = 2**63 - 1  # torch's generators take 64 bits; NumPy's no negative seeds

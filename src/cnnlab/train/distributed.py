@@ -88,6 +88,14 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def sum_tensor(self, t: torch.Tensor, device) -> torch.Tensor:
+        """``t`` summed over all ranks (reduced on ``device``, returned where ``t`` was)."""
+        if not self.active:
+            return t
+        on = t.to(device)
+        dist.all_reduce(on)
+        return on.to(t.device)
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

@@ -1,6 +1,6 @@
 """The run folder a training run writes (its layout: :mod:`cnnlab.runs`): config.json, metrics.jsonl (kept up
 to the checkpoint's epoch when a run resumes), last.pt and best.pt written atomically, curves.png and
-summary.md. Under data parallelism only rank 0 writes (``main``).
+summary.md (and, from :mod:`.watch`, health.jsonl and snapshots/). Under data parallelism only rank 0 writes (``main``).
 
 No run is lost or overwritten: a resumed run goes on in the folder it is resumed from, wherever that folder now
 is (or in ``out``); a new run is refused a folder that holds a run unless asked to ``overwrite`` it; a run
@@ -21,6 +21,9 @@ from cnnlab.runs import RunInfo, save_checkpoint
 
 # the files a run writes (and the temporary files of their atomic writes, ".NAME.*.tmp")
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "summary.md")
+# what it writes for watching it learn (cnnlab.train.watch: health records, a folder of snapshots), and the
+# lab's control file: they belong to the run too, and go with it
+WATCH_FILES = ("health.jsonl", "snapshots", "control.json")
 
 
 def holds_run(path: Path) -> bool:
@@ -44,8 +47,11 @@ def check_destination(out: str | None, resume: str | None, overwrite: bool = Fal
 
 
 def _remove_run_files(path: Path) -> None:
-    for name in RUN_FILES:
-        (path / name).unlink(missing_ok=True)
+    for name in RUN_FILES + WATCH_FILES:
+        if (path / name).is_dir() and not (path / name).is_symlink():
+            shutil.rmtree(path / name)
+        else:
+            (path / name).unlink(missing_ok=True)
 
 
 def _folder_of(resume: str) -> Path:
@@ -120,8 +126,13 @@ class RunFolder:
             truncate_metrics(self.metrics, epoch, history)
 
     def log(self, record: dict) -> None:
+        self.write_line("metrics.jsonl", record)
+
+    def write_line(self, name: str, record: dict) -> None:
+        """Append ``record`` as one JSON line to the file ``name`` (one write: a reader sees whole lines, or a
+        torn last one that it skips)."""
         if self.main:
-            with open(self.metrics, "a") as f:
+            with open(self.path / name, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def save(self, info: RunInfo, model_state: dict, training: dict, best: bool) -> None:
@@ -163,9 +174,11 @@ def truncate_metrics(path: Path, epoch: int, history: list[dict] = ()) -> None:
 
 def remove_temporaries(path: Path) -> None:
     """The temporary files (".last.pt.x8f2.tmp") that a kill in the middle of an atomic write left."""
-    for name in RUN_FILES:
+    for name in RUN_FILES + WATCH_FILES:
         for tmp in path.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
+    for tmp in (path / "snapshots").glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def repair_best(folder: Path, checkpoint: dict) -> bool:

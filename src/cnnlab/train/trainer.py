@@ -44,6 +44,7 @@ from cnnlab.platform import Platform, hardware, keep_freed_memory, versions
 from cnnlab.train.recipes import Recipe, get_recipe, override, recipe_for
 from cnnlab.train.rundir import RunFolder, check_destination, repair_best
 from cnnlab.train.schedule import Schedule
+from cnnlab.train.watch import Watch, count_confusion
 from cnnlab.transfer.prepare import prepare
 
 
@@ -123,6 +124,7 @@ def _train(cfg: TrainConfig) -> RunResult:
             if dist.main and resolve(cfg.resume).resolve() == folder.last.resolve():
                 repair_best(folder.path, checkpoint)
         resolved = _resolved(cfg, info, recipe, platform, len(train_data.loader), macs, dist)
+        watch = Watch(cfg, folder, t, eval_data, resolved)  # health, snapshots, learning rate on the fly
         folder.start(resolved, t.epoch, t.history)
         say = (lambda *a: None) if cfg.quiet or not dist.main else print
         if note:
@@ -131,13 +133,15 @@ def _train(cfg: TrainConfig) -> RunResult:
         progress = None if cfg.quiet or not dist.main else _progress()
         try:
             for epoch in range(t.epoch, recipe.epochs):
-                tr = train_one_epoch(t, train_data, epoch, folder, cfg.log_every, progress)
-                ev = evaluate(t.model, eval_data, platform, dist, recipe.logit_scale)
+                tr = train_one_epoch(t, train_data, epoch, folder, cfg.log_every, progress, watch)
+                confusion = watch.confusion()  # filled by the evaluation, for the epoch's snapshot
+                ev = evaluate(t.model, eval_data, platform, dist, recipe.logit_scale, confusion)
                 t.schedule.end_epoch(ev["top1"])
                 record = {"kind": "epoch", "epoch": epoch + 1, "step": t.step, "train_loss": tr["loss"],
                           "train_top1": tr["top1"], "eval_split": eval_data.split, "eval_loss": ev["loss"],
                           "eval_top1": ev["top1"], "eval_top5": ev["top5"], "lr": tr["lr"], "seconds": tr["seconds"],
                           "images_per_s": tr["images_per_s"], "elapsed": time.time() - started}
+                watch.end_epoch(t, epoch, confusion)
                 t.end_epoch(record, folder, info)
                 say(f"epoch {epoch + 1:>3}/{recipe.epochs}  train loss {record['train_loss']:.4f} "
                     f"acc {record['train_top1']:.2f}%  {eval_data.split} loss {ev['loss']:.4f} top-1 {ev['top1']:.2f}% "
@@ -151,6 +155,8 @@ def _train(cfg: TrainConfig) -> RunResult:
                                          f"{folder.path} goes on from its last checkpoint, {folder.last}",
                                          params=("resume",)))
             raise
+        finally:
+            watch.close()
         if progress:
             progress.stop()
         seconds = time.time() - started
@@ -229,7 +235,8 @@ class Training:
         folder.log(record)
 
 
-def train_one_epoch(t: Training, data: OpenedData, epoch: int, folder: RunFolder, log_every: int, progress) -> dict:
+def train_one_epoch(t: Training, data: OpenedData, epoch: int, folder: RunFolder, log_every: int, progress,
+                    watch: Watch) -> dict:
     """One pass over the training data: the mean loss, top-1, last learning rate, seconds and images/s."""
     loader, recipe, device, dtype = data.loader, t.recipe, t.platform.device, t.platform.dtype
     loader.epoch = epoch
@@ -242,6 +249,7 @@ def train_one_epoch(t: Training, data: OpenedData, epoch: int, folder: RunFolder
     if progress and not progress.live.is_started:
         progress.start()
     for i, (x, y) in enumerate(loader):
+        watch.before_step(t, epoch)  # a learning-rate change asked for; on a health step, hooks and a weight copy
         x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
         lr = t.schedule.lr(t.step)
         for g in t.optimizer.param_groups:
@@ -264,6 +272,7 @@ def train_one_epoch(t: Training, data: OpenedData, epoch: int, folder: RunFolder
         t.scaler.step(t.optimizer)
         t.scaler.update()
         t.step += 1
+        watch.after_step(t, epoch)  # the health line, a snapshot when one is due
         seen, loss_sum, correct = seen + int(n), loss_sum + value * n, correct + int(hits)
         ips = seen / max(1e-9, time.time() - t0)
         if progress:
@@ -279,9 +288,10 @@ def train_one_epoch(t: Training, data: OpenedData, epoch: int, folder: RunFolder
 
 
 def evaluate(model, data: OpenedData, platform: Platform, dist: distributed.Dist = distributed.Dist(),
-             logit_scale: float = 1.0) -> dict:
+             logit_scale: float = 1.0, confusion: torch.Tensor | None = None) -> dict:
     """Loss (of the logits times ``logit_scale``, as in training), top-1 and top-5 over ``data``; under data
-    parallelism each rank scores its share and the sums are reduced."""
+    parallelism each rank scores its share and the sums are reduced. ``confusion`` (K x K), if given, gets the
+    counts of (true class, predicted class)."""
     model.eval()
     total = correct1 = correct5 = 0
     loss_sum = 0.0
@@ -293,8 +303,12 @@ def evaluate(model, data: OpenedData, platform: Platform, dist: distributed.Dist
             out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
             loss_sum += F.cross_entropy(out * logit_scale, y, reduction="sum").item()
             hits1, hits5 = topk_correct(out, y)
+            if confusion is not None:
+                count_confusion(confusion, y, out.argmax(1))
             correct1, correct5, total = correct1 + hits1, correct5 + hits5, total + y.numel()
     loss_sum, correct1, correct5, total = dist.sum([loss_sum, correct1, correct5, total], platform.device)
+    if confusion is not None:
+        confusion.copy_(dist.sum_tensor(confusion, platform.device))
     return {"loss": loss_sum / total, "top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
 
 
