@@ -326,3 +326,17 @@ def test_the_probe_batch_of_an_image_folder_is_its_evaluation_images_as_shown(tm
         image, label = data.dataset[int(i)]
         assert torch.equal(x[k], image) and labels[k] == label
         assert np.abs(shown[k].astype(float) - display(image[None], data.view) * 255).max() <= 0.5
+
+
+def test_the_probe_pass_leaves_modes_and_random_stream_as_they_were():
+    from cnnlab.train.watch import untouched
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
+    model[1].eval()  # a module kept in eval mode on purpose (a frozen BN) stays so
+    state, stats = torch.get_rng_state(), model[1].running_mean.clone()
+    with untouched(model, torch.device("cpu")):
+        assert not any(m.training for m in model.modules())
+        torch.rand(3)  # a model that draws anyway
+        model(torch.randn(2, 4))
+    assert torch.equal(torch.get_rng_state(), state) and torch.equal(model[1].running_mean, stats)
+    assert [m.training for m in model.modules()] == [True, True, False, True]
