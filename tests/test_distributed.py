@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,9 +24,10 @@ from cnnlab.runs import load_checkpoint
 # gives 1e-7 differences that training amplifies to 1e-3 within 90 steps; in float64 they stay tiny, so the
 # comparison is made there. 6,000 images less 10% validation = 21 steps of 256 per epoch.
 FAST = dict(model="lenet5_modern", epochs=2, batch_size=256, lr=0.05, quiet=True, deterministic=True, seed=3,
-            train_limit=6_000, val_split=0.1, log_every=5, precision="fp64")
+            train_limit=6_000, val_split=0.1, log_every=5, precision="fp64", health_every=5)
 FLAGS = ["lenet5_modern", "--epochs", "2", "--batch-size", "256", "--lr", "0.05", "--quiet", "--deterministic",
-         "--seed", "3", "--train-limit", "6000", "--val-split", "0.1", "--log-every", "5", "--precision", "fp64"]
+         "--seed", "3", "--train-limit", "6000", "--val-split", "0.1", "--log-every", "5", "--precision", "fp64",
+         "--health-every", "5"]
 # One OpenMP thread in every worker: torchrun sets it for --nproc-per-node 2 but leaves a one-worker node alone,
 # and float64 kernels may reduce in another order with other thread counts (seen on an AMX Xeon), so runs
 # compared bit for bit must be made with the same threads.
@@ -71,15 +73,27 @@ def test_two_processes_give_the_single_process_weights_and_metrics(single, doubl
         for key in ("train_top1", "eval_top1", "eval_top5"):
             if key in x:
                 assert y[key] == x[key], key
+    # the snapshots at the same steps; the epochs' confusion matrices summed over both ranks' shares
+    assert (two / "snapshots" / "index.jsonl").read_text() == (single / "snapshots" / "index.jsonl").read_text()
+    for r in map(json.loads, (single / "snapshots" / "index.jsonl").read_text().splitlines()):
+        if r["has_confusion"]:
+            with np.load(single / "snapshots" / r["file"]) as c1, np.load(two / "snapshots" / r["file"]) as c2:
+                assert np.array_equal(c1["confusion"], c2["confusion"])
+    h1, h2 = ([json.loads(x) for x in (run / "health.jsonl").read_text().splitlines()] for run in (single, two))
+    assert [h["step"] for h in h1] == [h["step"] for h in h2] == list(range(5, 43, 5))
+    for x, y in zip(h1, h2):  # gradients are averaged over the ranks: the single process's, to rounding
+        for lx, ly in zip(x["layers"], y["layers"]):
+            assert ly["grad_norm"] == pytest.approx(lx["grad_norm"], rel=1e-9)
 
 
 @pytest.mark.slow
 def test_only_rank_0_writes_and_prints(double):
     two, run = double
     assert {p.name for p in two.iterdir()} == {"config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt",
-                                               "summary.md"}
-    lines = (two / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == len(set(lines))  # a second writer would have doubled every line
+                                               "summary.md", "health.jsonl", "snapshots"}
+    for name in ("metrics.jsonl", "health.jsonl", "snapshots/index.jsonl"):
+        lines = (two / name).read_text().splitlines()
+        assert len(lines) == len(set(lines))  # a second writer would have doubled every line
     assert run.stdout.strip().splitlines() == [str(two)]  # --quiet prints the run folder, once
     cfg = json.loads((two / "config.json").read_text())
     assert cfg["distributed"] == {"world_size": 2, "backend": "gloo", "per_rank_batch": 128}

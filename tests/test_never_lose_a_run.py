@@ -23,14 +23,15 @@ from cnnlab.train import TrainConfig, train
 from cnnlab.train.rundir import RUN_FILES
 
 HERE = Path(__file__).parent
-# two short deterministic epochs of the lecture's LeNet-5 on 1,024 real MNIST images (4 steps each)
+# two short deterministic epochs of the lecture's LeNet-5 on 1,024 real MNIST images (4 steps each), with a health
+# line every step and a snapshot every step (the default: about 4 an epoch), which a kill must not leave torn
 ARGS = ["lenet5_modern", "--epochs", "2", "--batch-size", "256", "--lr", "0.05", "--train-limit", "1024",
-        "--deterministic", "--seed", "5", "--quiet"]
+        "--deterministic", "--seed", "5", "--quiet", "--health-every", "1"]
 
 
 def _config(out, **kw) -> TrainConfig:
     settings = dict(model="lenet5_modern", epochs=2, batch_size=256, lr=0.05, train_limit=1024, deterministic=True,
-                    seed=5, quiet=True, out=str(out))
+                    seed=5, quiet=True, out=str(out), health_every=1)
     return TrainConfig(**{**settings, **kw})
 
 
@@ -68,11 +69,12 @@ def _error(capsys) -> str:
 def test_a_copied_run_resumes_in_the_copy_and_leaves_the_original_alone(reference, tmp_path):
     original = tmp_path / "original"
     train(_config(original, epochs=1))
-    before = {p.name: p.read_bytes() for p in original.iterdir()}
+    before = {p: p.read_bytes() for p in original.rglob("*") if p.is_file()}
     copy = tmp_path / "copy"
     shutil.copytree(original, copy)
     assert main(["train", "lenet5_modern", "--resume", str(copy), "--epochs", "2", "--quiet"]) == 0
-    assert {p.name: p.read_bytes() for p in original.iterdir()} == before  # not a byte of the original changed
+    assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before  # not a byte of the original
+    # changed (snapshots/ included)
     assert load_checkpoint(copy)["epoch"] == 2 and _epochs(copy) == [1, 2]
 
 
@@ -191,7 +193,12 @@ def _finish(out: Path) -> None:
 
 
 def _assert_whole(out: Path, reference: Path) -> None:
-    assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)  # no temporary file left over
+    assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES + ("health.jsonl", "snapshots"))  # no
+    # temporary file left over; the watch's records as the uninterrupted run's, line for line and file for file
+    assert (out / "health.jsonl").read_text() == (reference / "health.jsonl").read_text()
+    assert (out / "snapshots" / "index.jsonl").read_text() == (reference / "snapshots" / "index.jsonl").read_text()
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == \
+        sorted(p.name for p in (reference / "snapshots").iterdir())
     assert _same_weights(out, reference)
     assert _epochs(out) == [1, 2]  # every epoch once
     best = load_checkpoint(out / "best.pt")
@@ -346,7 +353,8 @@ def _tmpfs(path: Path, size: str) -> bool:
 @pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="mounting a small tmpfs needs root on Linux")
 def test_a_really_full_disk_says_disk_full(tmp_path):
     disk = tmp_path / "disk"
-    if not _tmpfs(disk, "1200k"):  # room for the first checkpoints (about 0.5 MB each), not for the next
+    if not _tmpfs(disk, "2200k"):  # room for the first checkpoints (about 0.5 MB each) and the snapshots (0.1 MB
+        # each, 9 in all), not for the next checkpoint
         pytest.skip("mount -t tmpfs is not permitted here")
     try:
         proc = subprocess.run([sys.executable, "-m", "cnnlab", "train", *ARGS, "--out",

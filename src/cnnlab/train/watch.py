@@ -100,12 +100,13 @@ class Watch:
         self.stages: list[tuple[str, nn.Module]] = []
         if not self.main:
             return
+        kept = t.step if t.step else -1  # a new run keeps nothing (its step 0 is taken again)
         if self.health_every:
-            truncate_jsonl(folder.path / HEALTH, t.step)
+            truncate_jsonl(folder.path / HEALTH, kept)
         if self.snapshots:
             self.dir = folder.path / SNAPSHOTS
             self.dir.mkdir(exist_ok=True)
-            truncate_snapshots(self.dir, t.step)
+            truncate_snapshots(self.dir, kept)
             self._probe(t, eval_data, cfg.seed)
             if t.step == 0:
                 self._snapshot(t, 0, 0)
@@ -151,21 +152,19 @@ class Watch:
     def _hook(self, model: nn.Module) -> None:
         """Forward hooks for one pass: each ReLU's share of exact zeros, credited to the learnable layer that
         ran last before it (its first ReLU)."""
-        names = {id(m): n for n, m in self.layers}
-        last = [None]
-
-        def layer_ran(module, args, output):
-            last[0] = names[id(module)]
-
-        def relu_ran(module, args, output):
-            if last[0] is not None and last[0] not in self._dead and isinstance(output, torch.Tensor):
-                self._dead[last[0]] = (output.detach() == 0).float().mean()
-
+        self._names, self._last = {id(m): n for n, m in self.layers}, None
         for m in model.modules():
-            if id(m) in names:
-                self._hooks.append(m.register_forward_hook(layer_ran))
+            if id(m) in self._names:
+                self._hooks.append(m.register_forward_hook(self._layer_ran))
             elif isinstance(m, RELUS):
-                self._hooks.append(m.register_forward_hook(relu_ran))
+                self._hooks.append(m.register_forward_hook(self._relu_ran))
+
+    def _layer_ran(self, module, args, output) -> None:
+        self._last = self._names[id(module)]
+
+    def _relu_ran(self, module, args, output) -> None:
+        if self._last is not None and self._last not in self._dead and isinstance(output, torch.Tensor):
+            self._dead[self._last] = (output.detach() == 0).float().mean()
 
     def _unhook(self) -> None:
         for h in self._hooks:
