@@ -361,3 +361,31 @@ def test_snapshot_pictures_and_the_scrubber(page, http, runs):
     page.wait_for_selector("#confusion-box table.cm")
     assert "step=20" in page.url
     assert page.locator("#stages .stage").count() == 2
+
+
+def test_the_learning_rate_changed_from_the_page_reaches_metrics_and_config(page, http, runs):
+    """The page's learning-rate box on a live run: the trainer applies it at its next step, metrics.jsonl and
+    config.json record it (so --resume does it again), and the page's lr curve marks the change."""
+    page.goto(page.lab + "/train")
+    page.wait_for_selector("#f-model option[value=lenet5]", state="attached")
+    page.select_option("#f-model", "lenet5")
+    for field, value in (("#f-epochs", "6"), ("#f-batch", "32"), ("#f-limit", "512"), ("#f-val", "0.02"),
+                         ("#f-log", "1"), ("#f-health", "5")):
+        page.fill(field, value)
+    page.click("#start")
+    page.wait_for_function("location.search.includes('run=r-')")
+    rid = page.evaluate("new URLSearchParams(location.search).get('run')")
+    label = listing(http)[rid]["label"]
+    page.wait_for_function("() => window.labTrain && window.labTrain.charts.lr.data[0].length >= 2",
+                           timeout=60_000)
+    page.fill("#v-lr", "0.0123")
+    page.click("#v-lr-go")
+    metrics = runs / label / "metrics.jsonl"
+    wait(lambda: '"lr_change"' in metrics.read_text(), timeout=60, what="the lr_change line")
+    change = next(json.loads(x) for x in metrics.read_text().splitlines() if '"lr_change"' in x)
+    assert change["lr"] == pytest.approx(0.0123)
+    config = json.loads((runs / label / "config.json").read_text())
+    assert [c["factor"] for c in config["lr_changes"]] == [pytest.approx(change["factor"])]
+    page.wait_for_function("() => window.labTrain.charts.lr.data[2].some(v => v != null)", timeout=30_000)
+    http.post(f"/api/train/{rid}/stop")
+    wait(lambda: listing(http)[rid]["state"] in ("stopped", "finished"), what="the stop")
