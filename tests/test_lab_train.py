@@ -380,6 +380,7 @@ def test_the_learning_rate_changed_from_the_page_reaches_metrics_and_config(page
                            timeout=60_000)
     page.fill("#v-lr", "0.0123")
     page.click("#v-lr-go")
+    page.wait_for_selector("#v-note:has-text('0.0123 sent')")
     metrics = runs / label / "metrics.jsonl"
     wait(lambda: '"lr_change"' in metrics.read_text(), timeout=60, what="the lr_change line")
     change = next(json.loads(x) for x in metrics.read_text().splitlines() if '"lr_change"' in x)

@@ -225,6 +225,7 @@ function showState(s) {
   if (s.step != null) parts.push(`step ${s.step}`);
   if (s.top1 != null) parts.push(`top-1 ${s.top1.toFixed(2)}%`);
   if (s.note) parts.push(s.note);
+  if (view.lrSent) parts.push(view.lrSent);  // the last learning-rate change sent stays said
   $("#v-note").textContent = parts.join(" · ");
   const live = s.state === "running";
   $("#v-pause").hidden = !(s.lab && live); $("#v-stop").hidden = !(s.lab && (live || s.state === "queued"));
@@ -249,7 +250,8 @@ $("#v-lr-go").addEventListener("click", guarded(ERR, async () => {
   const v = Number($("#v-lr").value);
   if (!$("#v-lr").value || !(v > 0)) throw new TypeError("give the new learning rate, a positive number");
   const r = await post(`/api/train/${view.id}/lr`, { lr: v });
-  $("#v-note").textContent = `learning rate ${v} sent (change #${r.lr.id}); the trainer applies it at its next step`;
+  view.lrSent = `learning rate ${v} sent (change #${r.lr.id}); the trainer applies it at its next step`;
+  if (view.state) showState(view.state);
 }));
 
 // ------------------------------------------------------------------------------------------------ health
