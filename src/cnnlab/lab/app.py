@@ -181,6 +181,7 @@ def serve(runs=None, host: str = "127.0.0.1", port: int = 8000, open_browser: bo
         sock.close()
         raise CnnlabError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another port with --port, "
                           f"or stop what uses it") from None
+    sock.listen(2048)  # from the moment the URL is printed, connections wait for the app instead of being refused
     port = sock.getsockname()[1]
     app = create_app(runs, host, port, max_trainings)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
