@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx  # Starlette's TestClient asks for httpx2 (the test extra); same API
 import numpy as np
 import pytest
 import torch

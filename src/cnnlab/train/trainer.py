@@ -126,6 +126,7 @@ def _train(cfg: TrainConfig) -> RunResult:
         resolved = _resolved(cfg, info, recipe, platform, len(train_data.loader), macs, dist)
         watch = Watch(cfg, folder, t, eval_data, resolved)  # health, snapshots, learning rate on the fly
         folder.start(resolved, t.epoch, t.history)
+        watch.start(t)
         say = (lambda *a: None) if cfg.quiet or not dist.main else print
         if note:
             say(note)

@@ -69,8 +69,7 @@ class Watch:
 
     def __init__(self, cfg, folder, t, eval_data, config: dict):
         """Set up before the run folder's config.json is written (``config``, which this updates with the
-        learning-rate changes a resumed run goes on with): read those changes back, drop the records a killed
-        process left after its checkpoint, save the probe batch and take the snapshot of step 0."""
+        learning-rate changes a resumed run goes on with): read those changes back; :meth:`start` does the rest."""
         self.folder, self.dist, self.config = folder, t.dist, config
         self.main = folder.main
         self.health_every = cfg.health_every if self.main else 0
@@ -98,16 +97,22 @@ class Watch:
                        and m.weight.requires_grad]
         self.probe = self.filters = None
         self.stages: list[tuple[str, nn.Module]] = []
+        self._eval_data, self._seed = eval_data, cfg.seed
+
+    def start(self, t) -> None:
+        """Once config.json is written (a run folder says what it is before anything else lands in it): drop
+        the records a killed process left after its checkpoint, save the probe batch, take the snapshot of
+        step 0."""
         if not self.main:
             return
         kept = t.step if t.step else -1  # a new run keeps nothing (its step 0 is taken again)
         if self.health_every:
-            truncate_jsonl(folder.path / HEALTH, kept)
+            truncate_jsonl(self.folder.path / HEALTH, kept)
         if self.snapshots:
-            self.dir = folder.path / SNAPSHOTS
+            self.dir = self.folder.path / SNAPSHOTS
             self.dir.mkdir(exist_ok=True)
             truncate_snapshots(self.dir, kept)
-            self._probe(t, eval_data, cfg.seed)
+            self._probe(t, self._eval_data, self._seed)
             if t.step == 0:
                 self._snapshot(t, 0, 0)
 
