@@ -132,14 +132,28 @@ async function fidelity() {
 }
 
 // ----------------------------------------------------------------------------------------- the degradation pair
+const CIFAR = ["cifar10", "cifar10_jpeg"];  // the official images, or the JPEG copy where only it is here
+
 function newest(model) {  // the latest CIFAR-10 run of a model (run folders are named model-data-timestamp)
-  const found = sources.filter(e => e.model === model && e.data === "cifar10");
+  const found = sources.filter(e => e.model === model && CIFAR.includes(e.data));
   return found.length ? found[found.length - 1] : null;
+}
+
+async function cifar() {  // the CIFAR-10 this machine has (the official one first); the server says if neither
+  try {
+    const here = (await get("/api/train/form")).datasets || [];
+    return CIFAR.find(d => here.includes(d)) || "cifar10";
+  } catch (e) {
+    if (e instanceof ApiError) return "cifar10";
+    throw e;
+  }
 }
 
 async function pair(a, b) {
   const epochs = Number($("#pair-epochs").value), seed = Number($("#pair-seed").value);
-  command("#cmd-pair", [a, b].map(m => `cnnlab train ${m} --data cifar10 --epochs ${epochs} --seed ${seed}`).join("\n"));
+  const data = await cifar();
+  command("#cmd-pair", [a, b].map(m => `cnnlab train ${m} --data ${data} --epochs ${epochs} --seed ${seed}`)
+    .join("\n"));
   const have = [newest(a), newest(b)];
   if (have.every(Boolean)) {
     setState({ runs: have.map(e => e.id).join(",") });
@@ -150,7 +164,7 @@ async function pair(a, b) {
   for (const model of [a, b]) {
     let r;
     try {
-      r = await post("/api/train/start", { model, data: "cifar10", epochs, seed });
+      r = await post("/api/train/start", { model, data, epochs, seed });
     } catch (e) {
       if (e instanceof ApiError && /no such endpoint/.test(e.message)) {
         throw new ApiError("This lab cannot start trainings from the page (it has no /api/train/start); run the " +
