@@ -182,3 +182,14 @@ def test_models_are_opened_once_and_the_cache_is_bounded(tmp_path, monkeypatch):
     s.open("model-resnet20")
     s.open("model-lenet5")
     assert s.cached() == ["model-lenet5"]
+
+
+def test_jsonl_being_written_is_read_up_to_its_last_whole_line(tmp_path):
+    """metrics.jsonl, health.jsonl and snapshot indexes are read while a training appends to them: a line cut
+    short (or not an object) is skipped, not the whole file, and no file is no records."""
+    from cnnlab.fileio import read_jsonl
+
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"kind": "step", "step": 1}\n[1, 2]\n{"kind": "epoch", "epoch": 1}\n{"kind": "st')
+    assert read_jsonl(f) == [{"kind": "step", "step": 1}, {"kind": "epoch", "epoch": 1}]
+    assert read_jsonl(tmp_path / "none.jsonl") == []

@@ -187,3 +187,23 @@ def _check_crc(p: Path) -> None:
         raise CnnlabError(f"{p} is damaged: its record {bad} fails its CRC-32 check, so its bytes changed after "
                           f"cnnlab wrote them (a failing disk or a bad copy); copy it again from a good source, or "
                           f"use another checkpoint of the run (best.pt, or resume from it)")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines file another process may be writing (metrics.jsonl, health.jsonl, a snapshot
+    index): a line cut short or not an object is skipped, a missing or unreadable file is no records."""
+    import json
+
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out

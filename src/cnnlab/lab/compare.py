@@ -46,17 +46,11 @@ def run_entry(lab, source_id: str):
 
 def read_metrics(folder) -> dict[str, list[dict]]:
     """metrics.jsonl by kind (epoch, step, lr_change); a line cut short by a training being written is skipped."""
+    from cnnlab.fileio import read_jsonl
+
     out = {k: [] for k in METRIC_KINDS}
-    try:
-        lines = (folder / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("kind") in out:
+    for rec in read_jsonl(folder / "metrics.jsonl"):
+        if rec.get("kind") in out:
             out[rec["kind"]].append(rec)
     return out
 

@@ -320,10 +320,9 @@ def progress(folder: Path) -> tuple[int, int | None, str]:
         total = int(json.loads((folder / "config.json").read_text())["recipe_settings"]["epochs"])
     except (OSError, ValueError, KeyError, TypeError):
         total = None
-    try:
-        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        records = []
+    from cnnlab.fileio import read_jsonl
+
+    records = read_jsonl(folder / "metrics.jsonl")  # a line being written is skipped, not the whole file
     epochs = [r for r in records if r.get("kind") == "epoch"]
     steps = [r for r in records if r.get("kind") == "step"]
     parts = []

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
+from cnnlab.fileio import read_jsonl
 from cnnlab.lab.web import LabError
 
 MAX_DEPTH = 4
@@ -77,12 +78,11 @@ def _describe(folder: Path, root: Path) -> Entry:
         entry.problem = entry.problem or "no checkpoint yet (a training still writing its first epoch?)"
     else:
         entry.stamp = ckpt.stat().st_mtime
+    epochs = [r for r in read_jsonl(folder / "metrics.jsonl") if r.get("kind") == "epoch"]
     try:
-        lines = (folder / "metrics.jsonl").read_text().splitlines()
-        epochs = [r for r in (json.loads(line) for line in lines if line.strip()) if r.get("kind") == "epoch"]
         if epochs:
             entry.epochs, entry.top1 = int(epochs[-1]["epoch"]), epochs[-1].get("eval_top1")
-    except (OSError, ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError):
         pass  # metrics are a nicety for the listing; a run without them still opens
     return entry
 

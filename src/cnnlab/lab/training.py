@@ -605,19 +605,10 @@ def _lr(lab, request, body: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ snapshots
 
 def snapshot_index(folder: Path) -> list[dict]:
-    out = []
-    try:
-        lines = (folder / "snapshots" / "index.jsonl").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("file"), str) and isinstance(rec.get("step"), int):
-            out.append(rec)
-    return out
+    from cnnlab.fileio import read_jsonl
+
+    return [rec for rec in read_jsonl(folder / "snapshots" / "index.jsonl")
+            if isinstance(rec.get("file"), str) and isinstance(rec.get("step"), int)]
 
 
 def filter_urls(w: np.ndarray) -> list[str]:
