@@ -169,7 +169,7 @@ def test_a_killed_worker_is_restarted_from_the_checkpoint_and_the_result_is_unch
     assert victim is not None, "never saw the workers in epoch 2"
     os.kill(victim, signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, [l for l in err.splitlines() if "error" in l.lower()]
+    assert proc.returncode == 0, "\n".join(err.splitlines()[-60:])  # the restarted attempt's own words
     assert load_checkpoint(tmp_path)["epoch"] == 2
     a, b = load_checkpoint(two)["model"], load_checkpoint(tmp_path)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit: the restart replays epoch 2 exactly
