@@ -207,14 +207,14 @@ def _assert_whole(out: Path, reference: Path) -> None:
     assert _same_weights(out / "best.pt", reference / "best.pt")
 
 
-# The run writes, in order: config.json (1); epoch 1: last.pt (2), best.pt (3), curves.png (4); epoch 2:
-# last.pt (5), best.pt (6), ... Every checkpoint write is killed once: before its rename (a complete temporary
-# file left behind) or after it; (5, after) lands between last.pt and best.pt, the moment that left best.pt
-# behind last.pt.
+# The run writes, in order: config.json (1); epoch 1: last.pt (2), best.pt (3); epoch 2: last.pt (4), best.pt
+# (5); then curves.png and summary.md (a run this short draws its curves once, at the end). Every checkpoint
+# write is killed once: before its rename (a complete temporary file left behind) or after it; (4, after)
+# lands between last.pt and best.pt, the moment that left best.pt behind last.pt.
 @pytest.mark.slow
 def test_kill_9_at_every_checkpoint_write_resumes_bit_for_bit(reference, tmp_path):
     assert load_checkpoint(reference / "best.pt")["epoch"] == 2  # epoch 2 is the best: both writes happen
-    for at, when in ((2, "before"), (3, "after"), (5, "after"), (6, "before")):
+    for at, when in ((2, "before"), (3, "after"), (4, "after"), (5, "before")):
         out = tmp_path / f"{at}-{when}"
         assert _killed(out, at=at, when=when) == -signal.SIGKILL
         _finish(out)

@@ -184,6 +184,68 @@ def resolve_channels_last(channels_last: bool | None, precision: str, device: to
     return device.type == "cpu" or precision in ("bf16", "fp16")
 
 
+class ThreadShare:
+    """Fits torch's thread count to the cores other processes leave free, while a run trains (CPU only).
+
+    torch runs each operation on a team of threads that all wait for the slowest; with one other busy process
+    on a 2-core machine, one of the two threads shares its core, and every operation waits on it for the time
+    slices the scheduler gives the other process (measured in docs/benchmarks.md, "On a busy machine"). So
+    every ``every`` seconds :meth:`poll` reads how much CPU the rest of the machine used since the last poll
+    (``/proc/stat`` less this process's own ``/proc/self/stat``) and sets the threads to the cores left,
+    rounded, between 1 and the count the run started with. Linux only; elsewhere, in deterministic runs (a
+    thread count can change the order of a sum), with one thread and with ``CNNLAB_FIT_THREADS=0`` in the
+    environment it does nothing."""
+
+    def __init__(self, enabled: bool = True, every: float = 2.0):
+        self.base = torch.get_num_threads()
+        self.every = every
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.enabled = enabled and self.base > 1 and sys.platform.startswith("linux") \
+            and os.environ.get("CNNLAB_FIT_THREADS", "1") != "0"
+        self.threads = self.base
+        self.others = 0.0  # cores' worth of CPU the other processes used in the last window
+        self._last = self._read() if self.enabled else None
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        """(wall seconds, CPU seconds used by every process, CPU seconds used by this one)."""
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()[1:]
+            with open("/proc/self/stat") as f:
+                mine = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))  # all but idle and iowait
+        return time.monotonic(), busy / tick, (int(mine[11]) + int(mine[12])) / tick  # utime + stime
+
+    def poll(self) -> int:
+        """The thread count to use now (set in torch when it changes)."""
+        if not self.enabled or self._last is None:
+            return self.threads
+        now = time.monotonic()
+        if now - self._last[0] < self.every:
+            return self.threads
+        reading = self._read()
+        if reading is None:
+            self.enabled = False
+            return self.threads
+        wall, busy, mine = (b - a for a, b in zip(self._last, reading))
+        self._last = reading
+        self.others = max(0.0, (busy - mine) / max(wall, 1e-6))
+        want = max(1, min(self.base, round(min(self.cores, self.base) - self.others)))
+        if want != self.threads:
+            torch.set_num_threads(want)
+            self.threads = want
+        return self.threads
+
+    def restore(self) -> None:
+        if self.threads != self.base:
+            torch.set_num_threads(self.base)
+            self.threads = self.base
+
+
 _MALLOC_TUNED = [False]
 
 

@@ -40,9 +40,10 @@ from cnnlab.models.registry import canonical_name, create_model, model_card
 from cnnlab.runs import RunInfo, load_checkpoint, resolve
 from cnnlab.train import distributed
 from cnnlab.train.config import RunResult, TrainConfig, resumed_config
-from cnnlab.platform import Platform, hardware, keep_freed_memory, versions
+from cnnlab.platform import Platform, ThreadShare, hardware, keep_freed_memory, versions
 from cnnlab.train.recipes import Recipe, get_recipe, override, recipe_for
 from cnnlab.train.rundir import RunFolder, check_destination, repair_best
+from cnnlab.train.average import WeightAverage
 from cnnlab.train.schedule import Schedule
 from cnnlab.train.watch import Watch, count_confusion
 from cnnlab.transfer.prepare import prepare
@@ -112,6 +113,9 @@ def _train(cfg: TrainConfig) -> RunResult:
     t = Training(model, model, _optimizer(recipe, [p for p in model.parameters() if p.requires_grad], groups),
                  torch.amp.GradScaler("cuda", enabled=platform.precision == "fp16"),
                  Schedule(recipe, len(train_data.loader)), recipe, platform, dist, cfg.model)
+    if recipe.ema:
+        t.average = WeightAverage(model, recipe.ema)
+    t.threads = ThreadShare(enabled=platform.device.type == "cpu" and not cfg.deterministic)
     if dist.active:
         t.model, t.step_model = distributed.wrap(model, platform.device, cfg.sync_bn)
     t.step_model = torch.compile(t.step_model) if cfg.compile else t.step_model
@@ -136,12 +140,13 @@ def _train(cfg: TrainConfig) -> RunResult:
             for epoch in range(t.epoch, recipe.epochs):
                 tr = train_one_epoch(t, train_data, epoch, folder, cfg.log_every, progress, watch)
                 confusion = watch.confusion()  # filled by the evaluation, for the epoch's snapshot
-                ev = evaluate(t.model, eval_data, platform, dist, recipe.logit_scale, confusion)
+                ev = evaluate(t.eval_model, eval_data, platform, dist, recipe.logit_scale, confusion, recipe.tta)
                 t.schedule.end_epoch(ev["top1"])
                 record = {"kind": "epoch", "epoch": epoch + 1, "step": t.step, "train_loss": tr["loss"],
                           "train_top1": tr["top1"], "eval_split": eval_data.split, "eval_loss": ev["loss"],
                           "eval_top1": ev["top1"], "eval_top5": ev["top5"], "lr": tr["lr"], "seconds": tr["seconds"],
-                          "images_per_s": tr["images_per_s"], "elapsed": time.time() - started}
+                          "images_per_s": tr["images_per_s"], "threads": tr["threads"],
+                          "elapsed": time.time() - started}
                 watch.end_epoch(t, epoch, confusion)
                 t.end_epoch(record, folder, info)
                 say(f"epoch {epoch + 1:>3}/{recipe.epochs}  train loss {record['train_loss']:.4f} "
@@ -151,6 +156,7 @@ def _train(cfg: TrainConfig) -> RunResult:
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the command line raises it): stop between two writes
             if progress:
                 progress.stop()
+            folder.curves(t.history, final=True)
             if dist.main and folder.last.exists():
                 warnings.warn(CnnlabNote(f"training stopped in epoch {t.epoch + 1} of {recipe.epochs}; `resume` "
                                          f"{folder.path} goes on from its last checkpoint, {folder.last}",
@@ -158,8 +164,10 @@ def _train(cfg: TrainConfig) -> RunResult:
             raise
         finally:
             watch.close()
+            t.threads.restore()
         if progress:
             progress.stop()
+        folder.curves(t.history, final=True)
         seconds = time.time() - started
         folder.summary(resolved, t.history, t.best_top1, seconds)
         dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written everything
@@ -186,11 +194,22 @@ class Training:
     step: int = 0  # optimiser steps done
     best_top1: float = -1.0
     history: list[dict] = field(default_factory=list)
+    average: WeightAverage | None = None  # the recipe's moving average of the weights, if it keeps one
+    threads: ThreadShare = field(default_factory=lambda: ThreadShare(enabled=False))  # CPU threads, fitted to
+    # the cores that other processes leave free
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is evaluated and checkpointed as the run's model: the weight average where the recipe keeps
+        one, else the trained weights."""
+        return self.average.model if self.average else self.model
 
     def state(self) -> dict:
         """The training state a checkpoint carries besides the run's info and weights."""
         device = self.platform.device
-        return {"optimizer": self.optimizer.state_dict(),
+        averaged = {"trained_model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                    "average": self.average.state()} if self.average else {}
+        return {**averaged,"optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "schedule": self.schedule.state_dict(), "epoch": self.epoch, "step": self.step,
                 "best_top1": self.best_top1, "history": self.history,
@@ -207,8 +226,16 @@ class Training:
         if list(checkpoint["info"].classes) != list(info.classes):
             raise CnnlabError("the checkpoint was trained on other classes than this data; resume with its own `data`",
                               params=("data",))
+        if bool(self.average) != ("trained_model" in checkpoint):
+            raise CnnlabError(f"{where} was trained {'without' if self.average else 'with'} a moving average of its "
+                              f"weights and this recipe {'keeps' if self.average else 'keeps none'}; resume it with "
+                              f"its own recipe", params=("recipe",))
         try:
-            self.model.load_state_dict(checkpoint["model"])
+            if self.average:
+                self.model.load_state_dict(checkpoint["trained_model"])
+                self.average.load(checkpoint["model"], checkpoint["average"])
+            else:
+                self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except (RuntimeError, ValueError) as e:
             raise CnnlabError(f"{where} does not fit {info.model} with {info.num_classes} classes "
@@ -231,7 +258,7 @@ class Training:
         self.best_top1 = max(self.best_top1, record["eval_top1"])
         if folder.main:  # the checkpoint first: metrics.jsonl never holds an epoch that no checkpoint has (a
             # kill between the two is mended on resume from the checkpoint's history)
-            weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            weights = {k: v.detach().cpu() for k, v in self.eval_model.state_dict().items()}
             folder.save(info, weights, self.state(), best)
         folder.log(record)
 
@@ -249,7 +276,9 @@ def train_one_epoch(t: Training, data: OpenedData, epoch: int, folder: RunFolder
                              ips=0.0) if progress else None
     if progress and not progress.live.is_started:
         progress.start()
+    threads = []
     for i, (x, y) in enumerate(loader):
+        threads.append(t.threads.poll())
         watch.before_step(t, epoch)  # a learning-rate change asked for; on a health step, hooks and a weight copy
         x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
         lr = t.schedule.lr(t.step)
@@ -272,6 +301,8 @@ def train_one_epoch(t: Training, data: OpenedData, epoch: int, folder: RunFolder
             torch.nn.utils.clip_grad_norm_(t.model.parameters(), recipe.clip_grad_norm)
         t.scaler.step(t.optimizer)
         t.scaler.update()
+        if t.average:
+            t.average.update(t.model)
         t.step += 1
         watch.after_step(t, epoch)  # the health line, a snapshot when one is due
         seen, loss_sum, correct = seen + int(n), loss_sum + value * n, correct + int(hits)
@@ -285,14 +316,15 @@ def train_one_epoch(t: Training, data: OpenedData, epoch: int, folder: RunFolder
     if progress:
         progress.remove_task(task)
     return {"loss": loss_sum / seen, "top1": 100.0 * correct / seen, "lr": lr, "seconds": seconds,
-            "images_per_s": seen / seconds}
+            "images_per_s": seen / seconds, "threads": round(sum(threads) / len(threads), 2)}
 
 
 def evaluate(model, data: OpenedData, platform: Platform, dist: distributed.Dist = distributed.Dist(),
-             logit_scale: float = 1.0, confusion: torch.Tensor | None = None) -> dict:
+             logit_scale: float = 1.0, confusion: torch.Tensor | None = None, tta: str = "") -> dict:
     """Loss (of the logits times ``logit_scale``, as in training), top-1 and top-5 over ``data``; under data
     parallelism each rank scores its share and the sums are reduced. ``confusion`` (K x K), if given, gets the
-    counts of (true class, predicted class)."""
+    counts of (true class, predicted class). ``tta`` "flip" scores the mean of the image's and its mirror's
+    softmax, as ``cnnlab eval --tta flip`` does."""
     model.eval()
     total = correct1 = correct5 = 0
     loss_sum = 0.0
@@ -301,8 +333,14 @@ def evaluate(model, data: OpenedData, platform: Platform, dist: distributed.Dist
             x, y = x.to(platform.device, platform.dtype), y.to(platform.device)
             with platform.autocast():
                 out = model(x)
+                mirrored = model(x.flip(3)) if tta == "flip" else None
             out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
-            loss_sum += F.cross_entropy(out * logit_scale, y, reduction="sum").item()
+            if mirrored is not None:  # log of the mean softmax: its cross-entropy is the averaged one's
+                views = torch.stack([F.log_softmax(v.float() * logit_scale, 1) for v in (out, mirrored)])
+                out = torch.logsumexp(views, 0) - math.log(2)
+                loss_sum += F.nll_loss(out, y, reduction="sum").item()
+            else:
+                loss_sum += F.cross_entropy(out * logit_scale, y, reduction="sum").item()
             hits1, hits5 = topk_correct(out, y)
             if confusion is not None:
                 count_confusion(confusion, y, out.argmax(1))
