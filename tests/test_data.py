@@ -175,6 +175,13 @@ def test_random_crop_is_a_per_sample_translation():
         assert match, "every augmented image is a shifted copy of its original"
         shifts.add(match[0])
     assert len(shifts) > 3  # per-sample randomness, not one shift for the batch
+    # the shifts are the generator's first two draws, rows then columns: a run resumed with a cnnlab of another
+    # version (or another way of cropping) sees the same images
+    g = torch.Generator().manual_seed(0)
+    dy, dx = torch.randint(0, 5, (len(x),), generator=g), torch.randint(0, 5, (len(x),), generator=g)
+    for i in range(len(x)):
+        padded = torch.nn.functional.pad(x[i], (2, 2, 2, 2))
+        assert torch.equal(y[i], padded[:, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8])
 
 
 def test_flip_and_cutout():
