@@ -99,6 +99,36 @@ def test_a_run_that_averages_resumes_bit_for_bit(averaging, tmp_path, monkeypatc
     assert a["average"] == b["average"]
 
 
+def test_a_run_from_before_its_recipe_averaged_resumes_and_starts_the_average(tmp_path, monkeypatch):
+    from cnnlab.train import trainer
+
+    plain = Recipe(**{**get_recipe("lenet5_modern_mnist").__dict__, "name": "test_plain", "models": (), "ema": 0.0})
+    monkeypatch.setitem(R.RECIPES, plain.name, plain)
+    one_epoch = trainer.train_one_epoch
+
+    def stopped_in_epoch_2(t, data, epoch, *rest):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return one_epoch(t, data, epoch, *rest)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer, "train_one_epoch", stopped_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**RUN, recipe=plain.name, out=str(out)))
+    monkeypatch.setattr(trainer, "train_one_epoch", one_epoch)
+    assert "trained_model" not in load_checkpoint(out)
+    # a later version of the recipe averages its weights: the run resumes, the average starting from its weights
+    monkeypatch.setitem(R.RECIPES, plain.name, Recipe(**{**plain.__dict__, "ema": 0.9}))
+    train(TrainConfig(**RUN, recipe=plain.name, resume=str(out)))
+    after = load_checkpoint(out)
+    assert after["average"]["updates"] == 3 and after["epoch"] == 2  # epoch 2's three steps
+    # and back: a run that kept an average resumes under a recipe that keeps none, from its trained weights
+    monkeypatch.setitem(R.RECIPES, plain.name, plain)
+    train(TrainConfig(**{**RUN, "epochs": 3}, recipe=plain.name, resume=str(out)))
+    last = load_checkpoint(out)
+    assert "trained_model" not in last and last["epoch"] == 3
+
+
 def test_recipes_check_their_average_and_mirroring():
     base = get_recipe("resnet_cifar_fast").__dict__
     for bad in ({"ema": 1.0}, {"ema": -0.1}, {"tta": "crops10"}):

@@ -226,16 +226,14 @@ class Training:
         if list(checkpoint["info"].classes) != list(info.classes):
             raise CnnlabError("the checkpoint was trained on other classes than this data; resume with its own `data`",
                               params=("data",))
-        if bool(self.average) != ("trained_model" in checkpoint):
-            raise CnnlabError(f"{where} was trained {'without' if self.average else 'with'} a moving average of its "
-                              f"weights and this recipe {'keeps' if self.average else 'keeps none'}; resume it with "
-                              f"its own recipe", params=("recipe",))
+        # the trained weights are the checkpoint's "model" unless it kept an average beside them; a run written
+        # before its recipe averaged starts the average from them (a recipe of this version may average where
+        # the run's did not, or the other way round)
+        trained = checkpoint.get("trained_model", checkpoint["model"])
         try:
+            self.model.load_state_dict(trained)
             if self.average:
-                self.model.load_state_dict(checkpoint["trained_model"])
-                self.average.load(checkpoint["model"], checkpoint["average"])
-            else:
-                self.model.load_state_dict(checkpoint["model"])
+                self.average.load(checkpoint["model"], checkpoint.get("average") or {})
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except (RuntimeError, ValueError) as e:
             raise CnnlabError(f"{where} does not fit {info.model} with {info.num_classes} classes "
