@@ -209,7 +209,7 @@ class Training:
         device = self.platform.device
         averaged = {"trained_model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                     "average": self.average.state()} if self.average else {}
-        return {**averaged,"optimizer": self.optimizer.state_dict(),
+        return {**averaged, "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "schedule": self.schedule.state_dict(), "epoch": self.epoch, "step": self.step,
                 "best_top1": self.best_top1, "history": self.history,
