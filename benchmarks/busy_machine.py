@@ -29,23 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from side_by_side import mnist_folder
+
 HERE = Path(__file__).resolve().parent
 VARIANTS = {"fit": {}, "fixed": {"CNNLAB_FIT_THREADS": "0"},
             "passive": {"CNNLAB_FIT_THREADS": "0", "OMP_WAIT_POLICY": "PASSIVE"}, "one": {"OMP_NUM_THREADS": "1"}}
-
-
-def mnist_root(tmp: Path) -> Path:
-    import gzip
-    import shutil
-
-    from cnnlab.data.sources import EMBEDDED
-
-    raw = tmp / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for f in (EMBEDDED / "mnist").iterdir():
-        with gzip.open(f) as src, open(raw / f.name.removesuffix(".gz"), "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return tmp
 
 
 def plain_epoch(root: Path) -> float:
@@ -94,7 +82,7 @@ def main() -> None:
     print("# " + ", ".join(f"{k} {v}" for k, v in hardware().items()))
     times: dict[tuple[str, bool], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = mnist_root(Path(tmp))
+        root = mnist_folder(Path(tmp))
         for r in range(args.runs):
             for busy in (False, True):
                 for side in sides:

@@ -27,7 +27,6 @@ cnnlab's cache folder), which must hold ``cifar-10/cifar-10-jpg.tar.gz``.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import re
 import subprocess
@@ -41,11 +40,10 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.data.idx import EMBEDDED
 from cnnlab.data.sources import data_root
 from cnnlab.fileio import atomic_write_json, atomic_write_text, read_jsonl
 from cnnlab.platform import hardware, versions
-from side_by_side import PEERS, cnnlab_rate, outcome, peer_rate, run
+from side_by_side import PEERS, cnnlab_rate, mnist_folder, outcome, peer_rate, run
 
 RESERVE_S = 5  # kept back from the budget for writing the report
 MIN_PART_S = 10  # a part is not started with less time than this left
@@ -127,22 +125,6 @@ def lenet5_main(device: str, sizes: Sizes):
                                 else "; 99% not reached"))
             return rec
     return measure
-
-
-def mnist_folder(root: Path, images: tuple[int, int] | None) -> Path:
-    """MNIST's raw files in torchvision's layout (ROOT/MNIST/raw/, decompressed), from cnnlab's copy; with
-    ``images``, only the first (train, test) images of each split."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for f in sorted((EMBEDDED / "mnist").glob("*.gz")):
-        data = gzip.decompress(f.read_bytes())
-        if images:
-            n = images[0] if f.name.startswith("train") else images[1]
-            head = 16 if "images" in f.name else 8
-            size = (len(data) - head) // int.from_bytes(data[4:8], "big")
-            data = data[:4] + n.to_bytes(4, "big") + data[8:head] + data[head:head + n * size]
-        (raw / f.name.removesuffix(".gz")).write_bytes(data)
-    return root
 
 
 def lecture_peer(device: str, sizes: Sizes, root: Path):

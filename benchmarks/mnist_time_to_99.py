@@ -21,16 +21,16 @@ within --max-epochs counts as "not reached" and its time is a lower bound.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from side_by_side import mnist_folder
 
 HERE = Path(__file__).resolve().parent
 ACCURACY = re.compile(r"(?:test top-1|top-1) ([0-9.]+)%")
@@ -65,7 +65,6 @@ def describe(runs: list[tuple[float, int | None, float]]) -> str:
 
 
 def main() -> None:
-    from cnnlab.data.sources import EMBEDDED
     from cnnlab.platform import hardware
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,11 +77,7 @@ def main() -> None:
     print("# " + ", ".join(f"{k} {v}" for k, v in hardware().items()))
     results: dict[str, list] = {"peer": [], **{m: [] for m in args.models}}
     with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp, "MNIST", "raw")
-        raw.mkdir(parents=True)
-        for f in (EMBEDDED / "mnist").iterdir():  # what torchvision's download leaves: the decompressed files
-            with gzip.open(f) as src, open(raw / f.name.removesuffix(".gz"), "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        mnist_folder(Path(tmp))  # what torchvision's download leaves: the decompressed files
         for i in range(args.runs):
             peer = [sys.executable, str(HERE / "peers" / "lecture_mnist.py"), tmp, "--seed", str(i),
                     "--epochs", str(args.max_epochs), "--stop-at", str(args.target)]

@@ -12,6 +12,7 @@ cuDNN's choice of kernels) are left out, as the peer leaves out its warm-up step
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -142,3 +143,22 @@ def peer_rate(model: str, *, device: str, batch: int, warmup: int, steps: int, w
         rec.update({k: got[k] for k in ("images_per_s", "decode_seconds", "data", "workers")},
                    steps=steps, after=warmup, batch=batch, precision="fp32", channels_last=False)
         return rec
+
+
+def mnist_folder(root: Path, images: tuple[int, int] | None = None) -> Path:
+    """MNIST's raw files as torchvision's download leaves them (ROOT/MNIST/raw/, decompressed), written from
+    cnnlab's own copy for the peers' ``datasets.MNIST``; with ``images``, only the first (train, test) images
+    of each split."""
+    from cnnlab.data.sources import EMBEDDED
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in sorted((EMBEDDED / "mnist").glob("*.gz")):
+        data = gzip.decompress(f.read_bytes())
+        if images:
+            n = images[0] if f.name.startswith("train") else images[1]
+            head = 16 if "images" in f.name else 8
+            size = (len(data) - head) // int.from_bytes(data[4:8], "big")
+            data = data[:4] + n.to_bytes(4, "big") + data[8:head] + data[head:head + n * size]
+        (raw / f.name.removesuffix(".gz")).write_bytes(data)
+    return root
